@@ -1,0 +1,384 @@
+"""Assembling a server from plugins: the `Kernel` and the Litestar app it builds.
+
+`load_plugins` finds and registers plugins; `build_parser` collects their options;
+`Kernel` holds the validated config, the model registry, auth and storage, and builds one
+Litestar app from every plugin's routes. `create_kernel` does all of it in one call, for
+tests and embedding.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from functools import cached_property
+from typing import Any
+
+import pluggy
+from litestar import Litestar, Router
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.routes import HTTPRoute
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from kernel import hookspecs
+from kernel.__about__ import __version__
+from kernel.auth import Auth
+from kernel.backends import Backend
+from kernel.config import Config, build_config
+from kernel.discovery import BACKENDS, PLUGINS, STORAGE, PluginInfo, load, load_all
+from kernel.errors import StartupError
+from kernel.errors_http import ErrorShape, error_handlers
+from kernel.inference import InferencePool
+from kernel.logs import new_request_id, request_id
+from kernel.metrics import Metrics
+from kernel.options import KERNEL, Parser
+from kernel.registry import READY, Model, ModelRegistry, RegistryLimits
+from kernel.storage import FileStorage, Storage
+
+log = logging.getLogger("kernel")
+
+#: The feature plugins served when none are named (those of them that are installed).
+DEFAULT_PLUGINS = ("zoo", "detect", "oip")
+#: Built-in behaviour, registered like any plugin (Datasette's and pytest's way).
+BUILTINS = ("kernel.builtins.core", "kernel.builtins.internal", "kernel.builtins.modeldir")
+_PLUGIN_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class PluginSet:
+    """The plugin manager with every loaded plugin, backend and built-in registered."""
+
+    def __init__(self, plugins: list[PluginInfo], backends: list[PluginInfo]) -> None:
+        self.pm = pluggy.PluginManager("kernel")
+        self.pm.add_hookspecs(hookspecs)
+        self.plugins = plugins
+        self.backend_infos = backends
+        self.backends: dict[str, Backend] = {}
+        #: pm name -> config section (built-ins share the kernel's section)
+        self.sections: dict[str, str] = {}
+        self._callers: dict[tuple[str, str], pluggy.HookCaller] = {}
+        for module in BUILTINS:
+            self.pm.register(__import__(module, fromlist=["_"]), name=module)
+            self.sections[module] = KERNEL
+        for info in plugins:
+            self._register(info.obj, info, info.name)
+        for info in backends:
+            try:
+                backend = info.obj()
+            except Exception as exc:
+                raise StartupError(
+                    f"backend {info.name!r} (entry point {info.entry_point}) failed to start: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            if not isinstance(backend, Backend):
+                raise StartupError(
+                    f"backend {info.name!r} (entry point {info.entry_point}) is not a kernel.Backend"
+                )
+            backend.name = info.name
+            self.backends[info.name] = backend
+            self._register(backend, info, info.name)
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            raise StartupError(f"plugin {exc.plugin!r}: {exc}") from None
+
+    def _register(self, obj: object, info: PluginInfo, name: str) -> None:
+        if not _PLUGIN_NAME_RE.match(name):
+            raise StartupError(f"{info.kind} name {name!r} must match [a-z][a-z0-9_]*")
+        if name in self.sections:
+            raise StartupError(f"{info.kind} {name!r} clashes with another plugin of that name")
+        try:
+            self.pm.register(obj, name=name)
+        except (ValueError, pluggy.PluginValidationError) as exc:
+            raise StartupError(
+                f"{info.kind} {name!r} (entry point {info.entry_point}) is not a valid plugin: {exc}"
+            ) from None
+        self.sections[name] = name
+
+    def info(self, name: str) -> PluginInfo | None:
+        return next((i for i in [*self.plugins, *self.backend_infos] if i.name == name), None)
+
+    def hook(self, name: str, hook: str) -> pluggy.HookCaller:
+        """`hook` as implemented by the plugin registered as `name` alone."""
+        caller = self._callers.get((name, hook))
+        if caller is None:
+            if self.pm.get_plugin(name) is None:
+                return _none
+            others = [p for n, p in self.pm.list_name_plugin() if n != name]
+            caller = self._callers[(name, hook)] = self.pm.subset_hook_caller(hook, others)
+        return caller
+
+    def call(self, name: str, hook: str, **kwargs: Any) -> list[Any]:
+        """Call one plugin's hook, wrapping its exceptions in a StartupError naming it."""
+        try:
+            return self.hook(name, hook)(**kwargs)
+        except StartupError:
+            raise
+        except Exception as exc:
+            raise StartupError(f"{self.describe(name)} failed in {hook}: {type(exc).__name__}: {exc}") from exc
+
+    def describe(self, name: str) -> str:
+        info = self.info(name)
+        if info is None:
+            return f"built-in {name!r}"
+        return f"{info.kind} {name!r} (entry point {info.entry_point})"
+
+    def schemas(self) -> dict[str, type | None]:
+        out: dict[str, type | None] = {}
+        for name, section in self.sections.items():
+            if section == KERNEL:
+                continue
+            schema = self.call(name, "kernel_config_section")
+            out[section] = schema[0] if schema else None
+        return out
+
+
+def _none(**_kwargs: Any) -> list[Any]:
+    return []
+
+
+def choose_plugins(names: Sequence[str] | None, blocked: Sequence[str] = ()) -> list[str]:
+    """The feature plugins to load: those named, or the installed default set; minus blocked."""
+    from kernel.discovery import entry_points
+
+    if names is None:
+        installed = entry_points(PLUGINS)
+        names = [n for n in DEFAULT_PLUGINS if n in installed]
+        log.info("no plugins named; serving the default set: %s", ", ".join(names) or "none installed")
+    chosen = []
+    for name in names:
+        if name in blocked:
+            log.warning("plugin %r is blocked by config; not loading it", name)
+        elif name in chosen:
+            raise StartupError(f"plugin {name!r} is named twice", exit_code=2)
+        else:
+            chosen.append(name)
+    return chosen
+
+
+def load_plugins(names: Sequence[str], extra: Mapping[str, object] | None = None) -> PluginSet:
+    """Load the named feature plugins and every installed backend into one PluginSet.
+
+    `extra` registers in-process plugin objects by name (tests, embedding)."""
+    infos = load(PLUGINS, [n for n in names if not (extra and n in extra)])
+    by_name = {i.name: i for i in infos}
+    for name, obj in (extra or {}).items():
+        by_name[name] = PluginInfo(name=name, kind="plugin", entry_point="<in-process>", obj=obj)
+    ordered = [by_name[n] for n in names if n in by_name]
+    ordered += [i for n, i in by_name.items() if n not in names]
+    return PluginSet(ordered, load_all(BACKENDS))
+
+
+def build_parser(plugins: PluginSet, prog: str = "kernel serve") -> Parser:
+    parser = Parser(prog, "Serve the given plugins in one process.")
+    kernel_group = parser.group(KERNEL, "kernel", "The kernel's own options.")
+    for name, section in plugins.sections.items():
+        if section == KERNEL:
+            plugins.call(name, "kernel_add_options", group=kernel_group)
+    for name, section in plugins.sections.items():
+        if section != KERNEL:
+            info = plugins.info(name)
+            title = f"{name} ({info.kind} from {info.distribution or 'this process'}"
+            title += f" {info.version})" if info.version else ")"
+            plugins.call(name, "kernel_add_options", group=parser.group(section, title))
+    return parser
+
+
+class Kernel:
+    """The assembled server: config, plugins, model registry, auth, storage, metrics."""
+
+    def __init__(self, plugins: PluginSet, config: Config) -> None:
+        self.plugin_set = plugins
+        self.config = config
+        self.metrics = Metrics()
+        self.pool = InferencePool(config.kernel.infer_workers, config.kernel.infer_queue)
+        self.registry = ModelRegistry(
+            plugins.backends,
+            self.pool,
+            RegistryLimits(config.kernel.max_models, config.kernel.max_model_bytes),
+            observe=lambda name, s: self.metrics.inference_seconds.labels(name).observe(s),
+        )
+        self.registry.subscribe(self._count_loaded)
+        self.auth = Auth(self)
+        self.started = False
+        self._started: list[str] = []
+        for name in plugins.sections:
+            for sources in plugins.call(name, "kernel_model_sources", kernel=self):
+                for source in sources or []:
+                    self.registry.add_source(source)
+
+    # -- for plugins ---------------------------------------------------------------------
+
+    @property
+    def plugins(self) -> list[PluginInfo]:
+        """The loaded feature plugins, in `--plugins` order."""
+        return list(self.plugin_set.plugins)
+
+    @property
+    def backends(self) -> dict[str, Backend]:
+        return dict(self.plugin_set.backends)
+
+    def plugin_hook(self, name: str, hook: str) -> pluggy.HookCaller:
+        return self.plugin_set.hook(name, hook)
+
+    @staticmethod
+    def error_handlers(shape: ErrorShape) -> dict[type[Exception], Callable[..., Any]]:
+        """Exception handlers answering errors in `shape` (see `kernel.error_handlers`)."""
+        return error_handlers(shape)
+
+    def storage(self, url: str) -> Storage:
+        """A storage driver for `url`, chosen by its scheme (`file://` or a plain path is
+        the built-in file driver; others come from `kernel.storage` entry points)."""
+        scheme = url.split("://", 1)[0] if "://" in url else "file"
+        if scheme == "file":
+            return FileStorage.from_url(url)
+        (info,) = load(STORAGE, [scheme])
+        return info.obj.from_url(url)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Scan model sources, then start each plugin in order. Runs once."""
+        if self.started:
+            return
+        started = time.perf_counter()
+        await self.registry.rescan()
+        for name in self.plugin_set.sections:
+            results = self.plugin_set.call(name, "kernel_startup", kernel=self)
+            self._started.append(name)
+            for result in results:
+                if inspect.isawaitable(result):
+                    try:
+                        await result
+                    except Exception as exc:
+                        raise StartupError(
+                            f"{self.plugin_set.describe(name)} failed to start: {type(exc).__name__}: {exc}"
+                        ) from exc
+        self.started = True
+        log.info(
+            "started %s with %d model(s) in %.2fs",
+            ", ".join(p.name for p in self.plugins) or "no plugins",
+            len(self.registry.models()), time.perf_counter() - started,
+        )
+
+    async def shutdown(self) -> None:
+        """Stop plugins in reverse order, then unload every model."""
+        for name in reversed(self._started):
+            try:
+                for result in self.plugin_set.hook(name, "kernel_shutdown")(kernel=self):
+                    if inspect.isawaitable(result):
+                        await result
+            except Exception:
+                log.exception("%s failed to shut down", self.plugin_set.describe(name))
+        self._started.clear()
+        self.started = False
+        await self.registry.close()
+        self.pool.close()
+
+    def _count_loaded(self, _event: str, _model: Model) -> None:
+        self.metrics.models_loaded.set(sum(m.state == READY for m in self.registry.models()))
+
+    # -- the app -------------------------------------------------------------------------
+
+    @cached_property
+    def app(self) -> Litestar:
+        """The Litestar app serving every plugin's routes (built on first use)."""
+        routers = []
+        claimed: dict[tuple[str, str], str] = {}
+        for name in self.plugin_set.sections:
+            handlers = [h for result in self.plugin_set.call(name, "kernel_routes", kernel=self)
+                        for h in (result or [])]
+            if not handlers:
+                continue
+            router = Router(path="/", route_handlers=handlers, opt={"kernel_plugin": name})
+            for route in router.routes:
+                methods = sorted(route.methods) if isinstance(route, HTTPRoute) else ["WEBSOCKET"]
+                for method in methods:
+                    key = (method, re.sub(r"{[^}]*}", "{}", route.path))
+                    if method in ("HEAD", "OPTIONS") and key in claimed:
+                        continue
+                    if key in claimed:
+                        raise StartupError(
+                            f"route {method} {route.path} is claimed by both "
+                            f"{self.plugin_set.describe(claimed[key])} and {self.plugin_set.describe(name)}"
+                        )
+                    claimed[key] = name
+            routers.append(router)
+        return Litestar(
+            route_handlers=routers,
+            exception_handlers=error_handlers(),
+            middleware=[_observe_requests],
+            on_startup=[self.startup],
+            on_shutdown=[self.shutdown],
+            openapi_config=OpenAPIConfig(
+                title="kernel", version=__version__, path="/docs",
+                render_plugins=[SwaggerRenderPlugin(path="/")],
+            ),
+            state=State({"kernel": self}),
+            request_max_body_size=self.config.kernel.max_body_size,
+            logging_config=None,
+        )
+
+
+def _observe_requests(app: ASGIApp) -> ASGIApp:
+    """Request id, access log and metrics for every request a route handles."""
+    access = logging.getLogger("kernel.access")
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope.get("headers") or [])
+        rid = new_request_id(headers.get(b"x-request-id", b"").decode("latin-1") or None)
+        token = request_id.set(rid)
+        if scope["type"] != "http":
+            try:
+                await app(scope, receive, send)
+            finally:
+                request_id.reset(token)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            kernel: Kernel = scope["app"].state["kernel"]
+            plugin = scope["route_handler"].opt.get("kernel_plugin", "")
+            route = scope.get("path_template", scope["path"])
+            kernel.metrics.requests.labels(plugin, scope["method"], route, str(status)).inc()
+            kernel.metrics.request_seconds.labels(plugin, scope["method"], route).observe(elapsed)
+            client = (scope.get("client") or ("-",))[0]
+            access.info('%s "%s %s" %d %.1fms', client, scope["method"], scope["path"], status, elapsed * 1000)
+            request_id.reset(token)
+
+    return middleware
+
+
+def create_kernel(
+    plugins: Sequence[str] | None = (),
+    *,
+    extra: Mapping[str, object] | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    config_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Kernel:
+    """Load `plugins` (entry-point names) plus `extra` in-process plugins and build a
+    Kernel with config from the file, environment (default: none) and `options`
+    ({section: {key: value}}, as the command line would give them)."""
+    names = choose_plugins(plugins)
+    names += [n for n in extra or {} if n not in names]
+    plugin_set = load_plugins(names, extra)
+    config = build_config(
+        plugin_set.schemas(), file=config_file, environ=environ or {}, options=options,
+    )
+    return Kernel(plugin_set, config)

@@ -1,0 +1,33 @@
+"""The kernel's own command-line options."""
+
+from __future__ import annotations
+
+from kernel.hookimpl import hookimpl
+from kernel.options import OptionGroup
+
+
+def _csv(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+@hookimpl
+def kernel_add_options(group: OptionGroup) -> None:
+    group.add_option("--plugins", type=_csv, metavar="NAME,...",
+                     help="feature plugins to serve, in order (default: zoo,detect,oip, those installed)")
+    group.add_option("--block-plugins", type=_csv, metavar="NAME,...", help="plugins never to load")
+    group.add_option("--host", help="address to listen on (default: 127.0.0.1)")
+    group.add_option("--port", type=int, help="HTTP port (default: 8080)")
+    group.add_option("--config", metavar="FILE", help="TOML config file")
+    group.add_option("--state-dir", metavar="DIR", help="where state (the generated token secret) is kept (default: $XDG_STATE_HOME/kernel)")
+    group.add_option("--model-dir", action="append", metavar="DIR",
+                     help="a model repository to serve (repeatable): <name>/<version>/model.<ext>, <name>/model.<ext> or <name>.<ext>")
+    group.add_option("--log-format", choices=["text", "json"], help="log line format (default: text)")
+    group.add_option("--log-level", choices=["debug", "info", "warning", "error"], help="(default: info)")
+    group.add_option("--token-secret", metavar="SECRET",
+                     help="secret signing the kernel's tokens, at least 32 bytes (default: generated in the state dir)")
+    group.add_option("--infer-workers", type=int, metavar="N", help="threads running inference at once")
+    group.add_option("--infer-queue", type=int, metavar="N",
+                     help="inference requests that may wait for a thread before the server answers 503 (default: 64)")
+    group.add_option("--max-models", type=int, metavar="N", help="loaded models kept at most, least recently used evicted")
+    group.add_option("--max-model-bytes", type=int, metavar="BYTES", help="memory of loaded models kept at most")
+    group.add_option("--max-body-size", type=int, metavar="BYTES", help="largest request body (default: 64 MiB)")

@@ -1,0 +1,223 @@
+"""The `kernel` command: serve, plugins, models, token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from kernel.__about__ import __version__
+from kernel.errors import StartupError
+
+USAGE = """usage: kernel [--version] COMMAND [options]
+
+commands:
+  serve     serve plugins over HTTP (kernel serve --help lists every plugin's options)
+  plugins   list installed plugins, backends and storage drivers, and whether they import
+  models    list the models the registry sees with the current config
+  token     mint a token signed with the server's secret
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if not args or args[0] in ("-h", "--help"):
+            print(USAGE, end="")
+        elif args[0] == "--version":
+            print(f"kernel {__version__}")
+        elif args[0] in COMMANDS:
+            COMMANDS[args[0]](args[1:])
+        else:
+            raise StartupError(f"unknown command {args[0]!r}\n{USAGE}", exit_code=2)
+    except StartupError as exc:
+        print(f"kernel: error: {exc.detail}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+# -- assembling from the command line -----------------------------------------------------
+
+
+def _prepare(argv: list[str], prog: str) -> Any:
+    """Load plugins named by option, environment or config file, parse every option, and
+    build the Kernel. `--help` lists the options of every installed plugin."""
+    from kernel.app import Kernel, build_parser, choose_plugins, load_plugins
+    from kernel.config import build_config, read_toml
+    from kernel.discovery import PLUGINS, entry_points
+    from kernel.logs import setup_logging
+    from kernel.options import KERNEL
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--plugins")
+    pre.add_argument("--block-plugins")
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    config_file = known.config or os.environ.get("KERNEL_CONFIG")
+    file_values = read_toml(config_file) if config_file else {}
+
+    def layered(key: str, cli: str | None) -> list[str] | None:
+        raw = cli if cli is not None else os.environ.get(f"KERNEL_{key.upper()}")
+        if raw is not None:
+            return [n.strip() for n in raw.split(",") if n.strip()]
+        value = file_values.get(key)
+        return list(value) if isinstance(value, list) else None
+
+    installed = entry_points(PLUGINS)
+    if "-h" in argv or "--help" in argv:
+        _help(prog, installed)
+        sys.exit(0)
+    names = choose_plugins(layered("plugins", known.plugins), layered("block_plugins", known.block_plugins) or ())
+    plugin_set = load_plugins(names)
+    parser = build_parser(plugin_set, prog)
+    options, unknown = parser.argparser.parse_known_args(argv)
+    if unknown:
+        _unknown_options(unknown, installed, names)
+    values: dict[str, dict[str, Any]] = {}
+    for dest, value in vars(options).items():
+        section, _, key = dest.partition(".")
+        values.setdefault(section, {})[key] = value
+    if config_file:
+        values.setdefault(KERNEL, {})["config"] = config_file
+    config = build_config(
+        plugin_set.schemas(), file=config_file, environ=os.environ, options=values,
+        ignore_sections=frozenset(installed) - set(names), flag_of=parser.flag_of,
+    )
+    setup_logging(config.kernel.log_format, config.kernel.log_level)
+    return Kernel(plugin_set, config)
+
+
+def _unknown_options(unknown: list[str], installed: Any, loaded: list[str]) -> None:
+    for arg in unknown:
+        flag = arg.split("=", 1)[0]
+        owner = next((n for n in installed if flag.startswith(f"--{n}-")), None)
+        if owner and owner not in loaded:
+            raise StartupError(
+                f"option {flag} belongs to plugin {owner!r}, which is not loaded; add it to --plugins",
+                exit_code=2,
+            )
+    raise StartupError(f"unrecognized arguments: {' '.join(unknown)}", exit_code=2)
+
+
+def _help(prog: str, installed: Any) -> None:
+    from kernel.app import PluginSet, build_parser
+    from kernel.discovery import BACKENDS, PLUGINS, survey
+
+    plugins = survey(PLUGINS)
+    backends = survey(BACKENDS)
+    broken = [p for p in [*plugins, *backends] if p.error]
+    plugin_set = PluginSet([p for p in plugins if not p.error], [b for b in backends if not b.error])
+    parser = build_parser(plugin_set, prog)
+    if broken:
+        parser.argparser.epilog = "Not importable (options not shown): " + "; ".join(
+            f"{p.kind} {p.name} ({p.entry_point}): {p.error}" for p in broken
+        )
+    parser.argparser.print_help()
+
+
+# -- commands -----------------------------------------------------------------------------
+
+
+def serve(argv: list[str]) -> None:
+    kernel = _prepare(argv, "kernel serve")
+    asyncio.run(_serve(kernel))
+
+
+async def _serve(kernel: Any) -> None:
+    import uvicorn
+
+    config = kernel.config.kernel
+    try:
+        await kernel.startup()
+        server = uvicorn.Server(uvicorn.Config(
+            kernel.app, host=config.host, port=config.port, log_config=None,
+            access_log=False, server_header=False, lifespan="on",
+        ))
+        await server.serve()
+    finally:
+        await kernel.shutdown()
+
+
+def plugins(argv: list[str]) -> None:
+    from kernel.discovery import BACKENDS, PLUGINS, STORAGE, survey
+
+    parser = argparse.ArgumentParser(prog="kernel plugins", description=plugins.__doc__)
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    args = parser.parse_args(argv)
+    rows = [info.public() for group in (PLUGINS, BACKENDS, STORAGE) for info in survey(group)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    _table(
+        ["KIND", "NAME", "DISTRIBUTION", "VERSION", "ENTRY POINT", "STATUS"],
+        [[r["kind"], r["name"], r["distribution"] or "-", r["version"] or "-", r["entry_point"],
+          "ok" if r["imports"] else f"error: {r['error']}"] for r in rows],
+    )
+
+
+plugins.__doc__ = "List every installed plugin, backend and storage driver."
+
+
+def models(argv: list[str]) -> None:
+    as_json = "--json" in argv
+    kernel = _prepare([a for a in argv if a != "--json"], "kernel models")
+    asyncio.run(kernel.registry.rescan())
+    rows = [m.describe() for m in kernel.registry.models()]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    names = kernel.registry.names()
+    plain = {q: p for p, q in names.items() if p != q}
+    _table(
+        ["NAME", "ALSO", "VERSION", "SOURCE", "FORMAT", "BACKEND", "STATE", "WHY"],
+        [[r["name"], plain.get(r["name"], "-"), r["version"], r["source"], r["format"],
+          r["backend"] or "-", r["state"], r["backend_reason"]] for r in rows],
+    )
+
+
+_TTL_RE = re.compile(r"^(\d+)\s*([smhd]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _ttl(value: str) -> int:
+    match = _TTL_RE.match(value.strip())
+    if not match or int(match.group(1)) == 0:
+        raise argparse.ArgumentTypeError(f"invalid ttl {value!r}: use seconds or 30m, 1h, 7d")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+def token(argv: list[str]) -> None:
+    from kernel.app import Kernel, PluginSet
+    from kernel.config import build_config
+
+    parser = argparse.ArgumentParser(prog="kernel token", description="Mint a token signed with the server's secret.")
+    parser.add_argument("--scope", action="append", required=True,
+                        help="scope to grant (repeatable), e.g. oip, zoo:read, admin")
+    parser.add_argument("--ttl", type=_ttl, default=3600, help="lifetime: seconds or 30m, 1h, 7d (default: 1h)")
+    parser.add_argument("--subject", default="service", help="who the token is for (default: service)")
+    parser.add_argument("--config", help="TOML config file")
+    parser.add_argument("--state-dir", help="state directory holding the generated secret")
+    parser.add_argument("--token-secret", help="signing secret (default: from config or the state dir)")
+    args = parser.parse_args(argv)
+    options = {k: v for k in ("state_dir", "token_secret") if (v := getattr(args, k)) is not None}
+    config = build_config({}, file=args.config or os.environ.get("KERNEL_CONFIG"),
+                          environ=os.environ, options={"kernel": options})
+    kernel = Kernel(PluginSet([], []), config)
+    scopes = [s for item in args.scope for s in item.replace(",", " ").split()]
+    print(kernel.auth.tokens.issue(args.subject, scopes, args.ttl))
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> None:
+    cells = [header, *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+COMMANDS = {"serve": serve, "plugins": plugins, "models": models, "token": token}
