@@ -52,6 +52,7 @@ class PluginSet:
     """The plugin manager with every loaded plugin, backend and built-in registered."""
 
     def __init__(self, plugins: list[PluginInfo], backends: list[PluginInfo]) -> None:
+        """Register built-ins, `plugins` (loaded objects) and `backends` (Backend classes)."""
         self.pm = pluggy.PluginManager("kernel")
         self.pm.add_hookspecs(hookspecs)
         self.plugins = plugins
@@ -159,31 +160,49 @@ def choose_plugins(names: Sequence[str] | None, blocked: Sequence[str] = ()) -> 
     return chosen
 
 
-def load_plugins(names: Sequence[str], extra: Mapping[str, object] | None = None) -> PluginSet:
+def load_plugins(
+    names: Sequence[str],
+    extra: Mapping[str, object] | None = None,
+    extra_backends: Mapping[str, type[Backend]] | None = None,
+) -> PluginSet:
     """Load the named feature plugins and every installed backend into one PluginSet.
 
-    `extra` registers in-process plugin objects by name (tests, embedding)."""
+    `extra` and `extra_backends` add in-process plugins and Backend classes by name
+    (tests, embedding)."""
     infos = load(PLUGINS, [n for n in names if not (extra and n in extra)])
     by_name = {i.name: i for i in infos}
     for name, obj in (extra or {}).items():
         by_name[name] = PluginInfo(name=name, kind="plugin", entry_point="<in-process>", obj=obj)
     ordered = [by_name[n] for n in names if n in by_name]
     ordered += [i for n, i in by_name.items() if n not in names]
-    return PluginSet(ordered, load_all(BACKENDS))
+    backends = load_all(BACKENDS)
+    for name, cls in (extra_backends or {}).items():
+        backends.append(PluginInfo(name=name, kind="backend", entry_point="<in-process>", obj=cls))
+    return PluginSet(ordered, backends)
 
 
-def build_parser(plugins: PluginSet, prog: str = "kernel serve") -> Parser:
+def build_parser(plugins: PluginSet, prog: str = "kernel serve", problems: list[str] | None = None) -> Parser:
+    """The `kernel serve` parser with every plugin's options grouped under its name.
+
+    With `problems` (for `--help`), a plugin whose options cannot be added is noted there
+    instead of stopping, so help still shows everything else."""
     parser = Parser(prog, "Serve the given plugins in one process.")
     kernel_group = parser.group(KERNEL, "kernel", "The kernel's own options.")
     for name, section in plugins.sections.items():
         if section == KERNEL:
             plugins.call(name, "kernel_add_options", group=kernel_group)
     for name, section in plugins.sections.items():
-        if section != KERNEL:
-            info = plugins.info(name)
-            title = f"{name} ({info.kind} from {info.distribution or 'this process'}"
-            title += f" {info.version})" if info.version else ")"
+        if section == KERNEL:
+            continue
+        info = plugins.info(name)
+        title = f"{name} ({info.kind} from {info.distribution or 'this process'}"
+        title += f" {info.version})" if info.version else ")"
+        try:
             plugins.call(name, "kernel_add_options", group=parser.group(section, title))
+        except StartupError as exc:
+            if problems is None:
+                raise
+            problems.append(exc.detail)
     return parser
 
 
@@ -293,7 +312,12 @@ class Kernel:
                         for h in (result or [])]
             if not handlers:
                 continue
-            router = Router(path="/", route_handlers=handlers, opt={"kernel_plugin": name})
+            try:
+                router = Router(path="/", route_handlers=handlers, opt={"kernel_plugin": name})
+            except Exception as exc:
+                raise StartupError(
+                    f"{self.plugin_set.describe(name)} has an invalid route: {type(exc).__name__}: {exc}"
+                ) from exc
             for route in router.routes:
                 methods = sorted(route.methods) if isinstance(route, HTTPRoute) else ["WEBSOCKET"]
                 for method in methods:
@@ -306,9 +330,17 @@ class Kernel:
                             f"{self.plugin_set.describe(claimed[key])} and {self.plugin_set.describe(name)}"
                         )
                     claimed[key] = name
-            routers.append(router)
+            routers.append((name, router))
+        try:
+            return self._litestar(routers)
+        except Exception as exc:
+            culprit = next((n for n, r in routers if not _builds(r)), None)
+            where = self.plugin_set.describe(culprit) if culprit else "the app"
+            raise StartupError(f"{where} has an invalid route: {type(exc).__name__}: {exc}") from exc
+
+    def _litestar(self, routers: list[tuple[str, Router]]) -> Litestar:
         return Litestar(
-            route_handlers=routers,
+            route_handlers=[router for _, router in routers],
             exception_handlers=error_handlers(),
             middleware=[_observe_requests],
             on_startup=[self.startup],
@@ -321,6 +353,15 @@ class Kernel:
             request_max_body_size=self.config.kernel.max_body_size,
             logging_config=None,
         )
+
+
+def _builds(router: Router) -> bool:
+    """Whether `router` alone makes a valid app: finds the plugin behind a failed build."""
+    try:
+        Litestar(route_handlers=[router], openapi_config=None, logging_config=None)
+    except Exception:
+        return False
+    return True
 
 
 def _observe_requests(app: ASGIApp) -> ASGIApp:
@@ -368,16 +409,18 @@ def create_kernel(
     plugins: Sequence[str] | None = (),
     *,
     extra: Mapping[str, object] | None = None,
+    backends: Mapping[str, type[Backend]] | None = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     config_file: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Kernel:
-    """Load `plugins` (entry-point names) plus `extra` in-process plugins and build a
+    """Load `plugins` (entry-point names) plus `extra` in-process plugins (and `backends`,
+    in-process Backend classes, beside the installed ones) and build a
     Kernel with config from the file, environment (default: none) and `options`
     ({section: {key: value}}, as the command line would give them)."""
     names = choose_plugins(plugins)
     names += [n for n in extra or {} if n not in names]
-    plugin_set = load_plugins(names, extra)
+    plugin_set = load_plugins(names, extra, backends)
     config = build_config(
         plugin_set.schemas(), file=config_file, environ=environ or {}, options=options,
     )

@@ -136,7 +136,9 @@ class Backend(abc.ABC):
 
     `name` is set by the kernel from the entry point. A backend declares the model
     formats it reads (`onnx`, `darknet`, `tflite`, ...) and the processors it can use;
-    `priority` breaks ties when several backends can load a model (higher wins).
+    `priority` breaks ties when several backends can load a model (higher wins), and
+    `preference(spec)` lets a backend rank itself per model (a native reader of one
+    format over a converter), defaulting to `priority`.
     """
 
     name: str = ""
@@ -149,6 +151,10 @@ class Backend(abc.ABC):
         if spec.format not in self.formats:
             return f"reads {', '.join(sorted(self.formats))}, not {spec.format}"
         return None
+
+    def preference(self, spec: ModelSpec) -> int:
+        """How much this backend wants to run `spec` (higher wins); `priority` by default."""
+        return self.priority
 
     @abc.abstractmethod
     def load(self, spec: ModelSpec) -> Session:
@@ -168,8 +174,8 @@ def choose_backend(spec: ModelSpec, backends: Mapping[str, Backend]) -> BackendC
 
     A backend named in the model's config wins (or the model has none when that backend is
     not installed or cannot read it). Otherwise, among the backends that can load the
-    format, those that can use the requested processor come first, then higher priority,
-    then the name, so the choice never depends on installation order.
+    format, those that can use the requested processor come first, then higher
+    `preference(spec)`, then the name, so the choice never depends on installation order.
     """
     if spec.backend:
         forced = backends.get(spec.backend)
@@ -187,12 +193,12 @@ def choose_backend(spec: ModelSpec, backends: Mapping[str, Backend]) -> BackendC
         return BackendChoice(
             None, f"no backend for {spec.format} models (installed backends: {installed})"
         )
-    able.sort(key=lambda b: (spec.processor not in b.processors, -b.priority, b.name))
+    able.sort(key=lambda b: (spec.processor not in b.processors, -b.preference(spec), b.name))
     best = able[0]
     reason = f"reads {spec.format}"
     if spec.processor in best.processors:
         reason += f" on {spec.processor}"
     if len(able) > 1:
         others = ", ".join(b.name for b in able[1:])
-        reason += f"; preferred over {others} (priority {best.priority})"
+        reason += f"; preferred over {others} (priority {best.preference(spec)})"
     return BackendChoice(best.name, reason)

@@ -111,13 +111,12 @@ def _help(prog: str, installed: Any) -> None:
 
     plugins = survey(PLUGINS)
     backends = survey(BACKENDS)
-    broken = [p for p in [*plugins, *backends] if p.error]
+    problems = [f"{p.kind} {p.name} ({p.entry_point}) does not import: {p.error}"
+                for p in [*plugins, *backends] if p.error]
     plugin_set = PluginSet([p for p in plugins if not p.error], [b for b in backends if not b.error])
-    parser = build_parser(plugin_set, prog)
-    if broken:
-        parser.argparser.epilog = "Not importable (options not shown): " + "; ".join(
-            f"{p.kind} {p.name} ({p.entry_point}): {p.error}" for p in broken
-        )
+    parser = build_parser(plugin_set, prog, problems)
+    if problems:
+        parser.argparser.epilog = "Problems (those options are not shown): " + "; ".join(problems)
     parser.argparser.print_help()
 
 
@@ -133,10 +132,11 @@ async def _serve(kernel: Any) -> None:
     import uvicorn
 
     config = kernel.config.kernel
+    app = kernel.app  # route problems surface before any plugin starts
     try:
         await kernel.startup()
         server = uvicorn.Server(uvicorn.Config(
-            kernel.app, host=config.host, port=config.port, log_config=None,
+            app, host=config.host, port=config.port, log_config=None,
             access_log=False, server_header=False, lifespan="on",
         ))
         await server.serve()

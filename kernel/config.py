@@ -14,7 +14,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -35,7 +35,7 @@ class KernelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Plugins never to load, even when named (a way to switch one off by config).
     block_plugins: list[str] = []
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
     config: str | None = None
     state_dir: str = msgspec.field(default_factory=default_state_dir)
     model_dir: list[str] = []
@@ -43,21 +43,15 @@ class KernelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     token_secret: str | None = None
     #: Threads running model loads and inference at once.
-    infer_workers: int = msgspec.field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    infer_workers: Annotated[int, msgspec.Meta(ge=1)] = msgspec.field(default_factory=lambda: min(4, os.cpu_count() or 1))
     #: Inference requests that may wait for a thread before the server answers 503.
-    infer_queue: int = 64
+    infer_queue: Annotated[int, msgspec.Meta(ge=0)] = 64
     #: Loaded models kept at most (least recently used evicted first); None = no limit.
-    max_models: int | None = None
+    max_models: Annotated[int, msgspec.Meta(ge=1)] | None = None
     #: Bytes of loaded models kept at most; None = no limit.
-    max_model_bytes: int | None = None
+    max_model_bytes: Annotated[int, msgspec.Meta(ge=1)] | None = None
     #: Largest request body accepted, in bytes (a plugin may allow more on its own routes).
-    max_body_size: int = 64 * 1024 * 1024
-
-    def __post_init__(self) -> None:
-        if not 0 < self.port < 65536:
-            raise ValueError("port must be between 1 and 65535")
-        if self.infer_workers < 1 or self.infer_queue < 0:
-            raise ValueError("infer_workers must be >= 1 and infer_queue >= 0")
+    max_body_size: Annotated[int, msgspec.Meta(ge=1)] = 64 * 1024 * 1024
 
 
 class Config:

@@ -6,7 +6,7 @@ Layouts, under each directory given:
 - `<name>/model.<ext>` or `<name>/<name>.<ext>` (version 1);
 - `<name>.<ext>` directly in the directory.
 Extensions: `.onnx`, `.tflite`, `.weights` (Darknet; needs `<stem>.cfg`, or the only
-`.cfg` beside it). Labels come from `labels.txt` in a model folder or `<stem>.names`,
+`.cfg` beside it), and `.<format>` for any other format an installed backend reads. Labels come from `labels.txt` in a model folder or `<stem>.names`,
 `.txt`, `.labels` beside a file, one per line. An optional `config.toml` in a model folder
 (or `<stem>.toml` beside a file) sets `backend`, `processor`, `labels` (a file name) and
 anything else a backend or plugin reads (`params`). Models register as `dir.<name>`.
@@ -32,8 +32,10 @@ LABEL_SUFFIXES = (".names", ".txt", ".labels")
 class ModelDirSource(ModelSource):
     name = "dir"
 
-    def __init__(self, dirs: list[str]) -> None:
+    def __init__(self, dirs: list[str], formats: dict[str, str] | None = None) -> None:
         self.dirs = [Path(d).expanduser() for d in dirs]
+        #: file suffix -> model format
+        self.formats = formats or FORMATS
 
     def scan(self) -> list[ModelSpec]:
         specs: dict[str, list[ModelSpec]] = {}
@@ -62,7 +64,7 @@ class ModelDirSource(ModelSource):
         return [spec] if spec else []
 
     def _in(self, folder: Path, name: str, version: str, config_dir: Path) -> ModelSpec | None:
-        files = [f for f in sorted(folder.iterdir()) if f.suffix.lower() in FORMATS and f.is_file()]
+        files = [f for f in sorted(folder.iterdir()) if f.suffix.lower() in self.formats and f.is_file()]
         preferred = [f for f in files if f.stem in ("model", name)]
         if preferred or len(files) == 1:
             model = (preferred or files)[0]
@@ -75,7 +77,7 @@ class ModelDirSource(ModelSource):
         return None
 
     def _file(self, path: Path) -> list[ModelSpec]:
-        if path.suffix.lower() not in FORMATS:
+        if path.suffix.lower() not in self.formats:
             return []
         spec = self._spec(path.stem, "1", path, _labels_beside(path), path.with_suffix(".toml"))
         return [spec] if spec else []
@@ -94,7 +96,7 @@ class ModelDirSource(ModelSource):
             return None
         if "labels" in settings:
             labels = config.parent / str(settings.pop("labels"))
-        fmt = FORMATS[model.suffix.lower()]
+        fmt = self.formats[model.suffix.lower()]
         files: dict[str, str] = {}
         if fmt == "darknet":
             cfg = _darknet_cfg(model)
@@ -145,4 +147,7 @@ def _read_labels(path: Path) -> tuple[str, ...] | None:
 @hookimpl
 def kernel_model_sources(kernel: Any) -> list[ModelSource]:
     dirs = kernel.config.kernel.model_dir
-    return [ModelDirSource(dirs)] if dirs else []
+    if not dirs:
+        return []
+    formats = {f".{f}": f for backend in kernel.backends.values() for f in backend.formats}
+    return [ModelDirSource(dirs, {**formats, **FORMATS})]

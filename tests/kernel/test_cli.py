@@ -1,0 +1,181 @@
+"""The `kernel` command, run as a user runs it: a subprocess, and servers on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import httpx
+import jwt
+import pytest
+
+from tests.conftest import run_kernel
+
+pytestmark = pytest.mark.usefixtures("test_plugins")
+
+STRONG = "x" * 40
+
+
+def test_version(tmp_path):
+    result = run_kernel(["--version"], tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.startswith("kernel 0.")
+
+
+def test_unknown_plugin_exits_2_naming_it_and_the_installed_ones(tmp_path):
+    result = run_kernel(["serve", "--plugins", "hello,nosuch"], tmp_path)
+    assert result.returncode == 2
+    assert "unknown plugin 'nosuch'" in result.stderr
+    assert "hello" in result.stderr and "failstart" in result.stderr
+
+
+def test_plugin_that_fails_to_import_names_plugin_entry_point_and_cause(tmp_path):
+    result = run_kernel(["serve", "--plugins", "broken"], tmp_path)
+    assert result.returncode == 1
+    assert "plugin 'broken' (entry point kernel_testplugins.broken) failed to import" in result.stderr
+    assert "ModuleNotFoundError" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_plugin_that_fails_to_start_names_plugin_entry_point_and_cause(tmp_path):
+    result = run_kernel(["serve", "--plugins", "failstart", "--port", "0"], tmp_path)
+    assert result.returncode == 1
+    assert "plugin 'failstart' (entry point kernel_testplugins.failstart) failed to start" in result.stderr
+    assert "db.invalid is unreachable" in result.stderr
+
+
+def test_unknown_option_exits_2(tmp_path):
+    result = run_kernel(["serve", "--no-such-option"], tmp_path)
+    assert result.returncode == 2
+    assert "--no-such-option" in result.stderr
+
+
+def test_option_of_a_plugin_not_loaded_says_so(tmp_path):
+    result = run_kernel(["serve", "--plugins", "failstart", "--hello-greeting", "hi"], tmp_path)
+    assert result.returncode == 2
+    assert "belongs to plugin 'hello', which is not loaded" in result.stderr
+
+
+def test_two_plugins_claiming_one_route_is_a_startup_error(tmp_path):
+    result = run_kernel(["serve", "--plugins", "hello,clash"], tmp_path)
+    assert result.returncode == 1
+    assert "route GET /hello is claimed by both plugin 'hello'" in result.stderr
+    assert "plugin 'clash' (entry point kernel_testplugins.clash)" in result.stderr
+
+
+def test_help_groups_every_installed_plugins_options(tmp_path):
+    result = run_kernel(["serve", "--help"], tmp_path)
+    assert result.returncode == 0
+    assert "--hello-greeting" in result.stdout
+    assert "hello (plugin from kernel-hello 0.1.0)" in result.stdout
+    assert "--model-dir" in result.stdout
+    # a plugin that cannot be imported is named, not skipped
+    assert "broken" in result.stdout and "ModuleNotFoundError" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "config", "expected"),
+    [
+        (["--port", "http"], {}, None, "argument --port"),
+        ([], {"KERNEL_PORT": "eighty"}, None, "environment variable KERNEL_PORT: invalid value for port"),
+        ([], {}, "port = 'eighty'\n", "key port: invalid value for port"),
+        ([], {}, "[hello]\ngreeting = 3\n", "[hello] greeting: invalid value for greeting"),
+        ([], {}, "[nosuch]\nx = 1\n", "unknown section [nosuch]"),
+        ([], {}, "portt = 1\n", "unknown key 'portt'"),
+        ([], {}, "port = \n", "not valid TOML"),
+    ],
+)
+def test_bad_config_names_where_it_came_from(tmp_path, args, env, config, expected):
+    if config is not None:
+        (tmp_path / "kernel.toml").write_text(config)
+        args = [*args, "--config", str(tmp_path / "kernel.toml")]
+    result = run_kernel(["serve", "--plugins", "hello", *args], tmp_path, **env)
+    assert result.returncode != 0
+    assert expected in result.stderr
+
+
+def test_config_layers_defaults_file_environment_options(tmp_path, serve):
+    (tmp_path / "kernel.toml").write_text('plugins = ["hello"]\n[hello]\ngreeting = "from-file"\n')
+    config = ["--config", str(tmp_path / "kernel.toml")]
+    assert httpx.get(serve(*config).url + "/hello").json()["greeting"] == "from-file"
+    server = serve(*config, KERNEL_HELLO_GREETING="from-env")
+    assert httpx.get(server.url + "/hello").json()["greeting"] == "from-env"
+    server = serve(*config, "--hello-greeting", "from-option", KERNEL_HELLO_GREETING="from-env")
+    assert httpx.get(server.url + "/hello").json()["greeting"] == "from-option"
+
+
+def test_plugins_lists_plugins_backends_and_storage_with_import_status(tmp_path):
+    result = run_kernel(["plugins", "--json"], tmp_path)
+    assert result.returncode == 0
+    rows = {(r["kind"], r["name"]): r for r in json.loads(result.stdout)}
+    assert rows[("plugin", "hello")]["distribution"] == "kernel-hello"
+    assert rows[("plugin", "hello")]["version"] == "0.1.0"
+    assert rows[("backend", "npy")]["entry_point"] == "kernel_hello.backend:NpyBackend"
+    assert rows[("storage", "file")]["imports"] is True
+    assert rows[("plugin", "broken")]["imports"] is False
+    assert "ModuleNotFoundError" in rows[("plugin", "broken")]["error"]
+    table = run_kernel(["plugins"], tmp_path).stdout
+    assert "kernel-hello" in table and "error: ModuleNotFoundError" in table
+
+
+def test_models_shows_name_source_backend_and_state(tmp_path):
+    import numpy as np
+
+    models = tmp_path / "models"
+    models.mkdir()
+    np.save(models / "double.npy", 2 * np.eye(3))
+    (models / "odd.tflite").write_bytes(b"not a model")
+    result = run_kernel(["models", "--plugins", "hello", "--model-dir", str(models), "--json"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert rows["dir.double"]["backend"] == "npy"
+    assert rows["dir.double"]["state"] == "available"
+    assert rows["dir.double"]["source"] == "dir"
+    table = run_kernel(["models", "--plugins", "hello", "--model-dir", str(models)], tmp_path).stdout
+    assert "dir.double" in table and "reads npy" in table
+
+
+def test_token_is_signed_with_the_servers_secret(tmp_path, serve):
+    home = tmp_path / "home"  # the same home (and so state dir) as the server's
+    minted = run_kernel(["token", "--scope", "secure", "--ttl", "10m", "--subject", "ci"], home)
+    assert minted.returncode == 0, minted.stderr
+    token = minted.stdout.strip()
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["sub"] == "ci" and 590 <= claims["exp"] - claims["iat"] <= 600
+    # the generated secret is kept with mode 0600 and the server uses it
+    secret_file = home / "state" / "kernel" / "token_secret"
+    assert stat.S_IMODE(os.stat(secret_file).st_mode) == 0o600
+    server = serve("--plugins", "secure")
+    answer = httpx.get(server.url + "/secure/whoami", headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 200 and answer.json() == {"subject": "ci"}
+
+
+@pytest.mark.parametrize("secret", ["change-me", "secret", "short-but-not-known"])
+def test_weak_secret_is_refused_when_auth_is_on(tmp_path, secret):
+    result = run_kernel(["serve", "--plugins", "secure", "--token-secret", secret, "--port", "0"], tmp_path)
+    assert result.returncode == 1
+    assert "token secret" in result.stderr and "--token-secret" in result.stderr
+
+
+def test_weak_secret_is_fine_when_no_plugin_uses_auth(tmp_path, serve):
+    server = serve("--plugins", "hello", "--token-secret", "change-me")
+    assert httpx.get(server.url + "/hello").status_code == 200
+
+
+def test_serve_real_http_with_example_plugin_and_json_logs(tmp_path, serve):
+    import numpy as np
+
+    models = tmp_path / "models"
+    models.mkdir()
+    np.save(models / "double.npy", 2 * np.eye(3))
+    server = serve("--plugins", "hello", "--model-dir", str(models), "--log-format", "json",
+                   "--token-secret", STRONG)
+    answer = httpx.post(server.url + "/hello/double", json=[1, 2, 3], headers={"X-Request-ID": "req-42"})
+    assert answer.json() == {"y": [[2.0, 4.0, 6.0]]}
+    assert answer.headers["x-request-id"] == "req-42"
+    assert httpx.post(server.url + "/hello/double", json=[1, 2]).status_code == 400
+    server.stop()
+    lines = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
+    assert any(line["request_id"] == "req-42" and "loaded model dir.double" in line["message"] for line in lines)
+    assert STRONG not in server.output()
