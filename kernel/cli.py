@@ -87,7 +87,7 @@ def _prepare(argv: list[str], prog: str) -> Any:
         values.setdefault(KERNEL, {})["config"] = config_file
     config = build_config(
         plugin_set.schemas(), file=config_file, environ=os.environ, options=values,
-        ignore_sections=frozenset(installed) - set(names), flag_of=parser.flag_of,
+        ignore_sections=frozenset(installed) - set(names),
     )
     setup_logging(config.kernel.log_format, config.kernel.log_level)
     return Kernel(plugin_set, config)

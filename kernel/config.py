@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from kernel.errors import StartupError
-from kernel.options import KERNEL
+from kernel.options import KERNEL, flag_of
 
 
 def default_state_dir() -> str:
@@ -102,7 +102,6 @@ def build_config(
     environ: Mapping[str, str] | None = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     ignore_sections: frozenset[str] = frozenset(),
-    flag_of: Any = None,
 ) -> Config:
     """Merge the layers and validate each section against its schema.
 
@@ -153,8 +152,7 @@ def build_config(
 
     for section, given in (options or {}).items():
         for key, value in given.items():
-            flag = flag_of(section, key) if flag_of else key
-            put(section, key, value, f"option {flag}")
+            put(section, key, value, f"option {flag_of(section, key)}")
 
     built: dict[str, Any] = {}
     for section, schema in schemas.items():

@@ -57,6 +57,12 @@ class OptionGroup:
         )
 
 
+def flag_of(section: str, key: str) -> str:
+    """The main flag that sets `key` of `section`, for error messages."""
+    prefix = "--" if section == KERNEL else f"--{section}-"
+    return prefix + key.replace("_", "-")
+
+
 def _who(section: str) -> str:
     return "the kernel" if section == KERNEL else f"plugin {section!r}"
 
@@ -87,7 +93,3 @@ class Parser:
             values.setdefault(section, {})[key] = value
         return values
 
-    def flag_of(self, section: str, key: str) -> str:
-        """The main flag that sets `key` of `section`, for error messages."""
-        prefix = "--" if section == KERNEL else f"--{section}-"
-        return prefix + key.replace("_", "-")

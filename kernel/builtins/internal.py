@@ -10,6 +10,7 @@ from typing import Any
 
 from litestar import Request, Response, Router, get, post
 from litestar.exceptions import HTTPException
+from litestar.params import FromPath
 
 from kernel.auth import requires
 from kernel.hookimpl import hookimpl
@@ -61,12 +62,12 @@ async def rescan(request: Request) -> list[dict[str, Any]]:
 
 
 @post("/models/{name:str}/load", guards=[requires("admin")], status_code=200)
-async def load(request: Request, name: str) -> dict[str, Any]:
+async def load(request: Request, name: FromPath[str]) -> dict[str, Any]:
     return (await _kernel(request).registry.load(name)).describe()
 
 
 @post("/models/{name:str}/unload", guards=[requires("admin")], status_code=200)
-async def unload(request: Request, name: str) -> dict[str, Any]:
+async def unload(request: Request, name: FromPath[str]) -> dict[str, Any]:
     return (await _kernel(request).registry.unload(name)).describe()
 
 

@@ -2,7 +2,8 @@
 
 import msgspec
 import numpy as np
-from litestar import Request, post, get
+from litestar import Request, get, post
+from litestar.params import FromPath
 
 import kernel
 
@@ -28,7 +29,7 @@ async def hello(request: Request) -> dict:
 
 
 @post("/hello/{model:str}")
-async def run(request: Request, model: str, data: list[float]) -> dict:
+async def run(request: Request, model: FromPath[str], data: list[float]) -> dict:
     k: kernel.Kernel = request.app.state["kernel"]
     outputs = await k.registry.infer(model, {"x": np.asarray([data], dtype=np.float32)})
     return {name: value.tolist() for name, value in outputs.items()}

@@ -172,5 +172,5 @@ def serve(
 
 
 @pytest.fixture
-def run_kernel() -> Callable[..., Any]:
+def serve_models() -> Callable[..., Any]:
     return serve
