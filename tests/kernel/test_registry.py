@@ -1,0 +1,208 @@
+"""The model registry with a real (tiny) backend: lazy single-flight loads, states,
+unload, LRU eviction, rescans, names, and a full inference queue."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+from litestar import Request, post
+from litestar.params import FromPath
+from litestar.testing import TestClient
+
+import kernel
+
+
+class MatrixSession(kernel.Session):
+    def __init__(self, weights: np.ndarray, gate: threading.Event | None) -> None:
+        self.weights, self.gate = weights, gate
+        self.inputs = [kernel.TensorInfo(name="x", datatype="FP32", shape=(-1, weights.shape[0]))]
+        self.outputs = [kernel.TensorInfo(name="y", datatype="FP32", shape=(-1, weights.shape[1]))]
+        self.memory_bytes = weights.nbytes
+        self.closed = False
+
+    def run(self, inputs):
+        if self.gate is not None:
+            assert self.gate.wait(10)
+        return {"y": inputs["x"] @ self.weights}
+
+    def close(self):
+        self.closed = True
+
+
+class MatrixBackend(kernel.Backend):
+    """Loads `.npy` weight matrices, slowly, counting its loads."""
+
+    formats = frozenset({"npy"})
+    loads: list[str] = []
+    gate: threading.Event | None = None
+
+    def load(self, spec):
+        time.sleep(0.2)  # a load long enough for concurrent first requests to overlap
+        type(self).loads.append(spec.qualified)
+        return MatrixSession(np.load(spec.path).astype(np.float32), type(self).gate)
+
+
+@pytest.fixture
+def models(tmp_path):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name, factor in (("double", 2), ("triple", 3), ("quad", 4)):
+        np.save(folder / f"{name}.npy", factor * np.eye(3))
+    (folder / "broken.npy").write_bytes(b"this is not numpy")
+    MatrixBackend.loads = []
+    MatrixBackend.gate = None
+    return folder
+
+
+def make(tmp_path, models, **options):
+    return kernel.create_kernel(
+        [], backends={"matrix": MatrixBackend},
+        options={"kernel": {"state_dir": str(tmp_path / "state"), "model_dir": [str(models)], **options}},
+    )
+
+
+X = {"x": np.ones((1, 3), dtype=np.float32)}
+
+
+@pytest.mark.anyio
+async def test_twenty_concurrent_first_requests_cause_one_load(tmp_path, models):
+    k = make(tmp_path, models)
+    await k.registry.rescan()
+    assert k.registry.get("double").state == "available"
+    results = await asyncio.gather(*(k.registry.infer("double", X) for _ in range(20)))
+    assert MatrixBackend.loads == ["dir.double"]
+    assert all(np.array_equal(r["y"], [[2, 2, 2]]) for r in results)
+    assert k.registry.get("dir.double").state == "ready"
+
+
+@pytest.mark.anyio
+async def test_failed_load_is_a_state_with_its_error_and_others_keep_serving(tmp_path, models):
+    k = make(tmp_path, models)
+    await k.registry.rescan()
+    with pytest.raises(kernel.ModelError, match="failed to load"):
+        await k.registry.infer("broken", X)
+    broken = k.registry.get("broken")
+    assert broken.state == "failed" and "ValueError" in broken.error
+    assert (await k.registry.infer("triple", X))["y"][0, 0] == 3
+    # a later request tries again rather than caching the failure forever
+    with pytest.raises(kernel.ModelError):
+        await k.registry.infer("broken", X)
+    assert MatrixBackend.loads.count("dir.broken") == 2
+
+
+@pytest.mark.anyio
+async def test_wrong_inputs_are_invalid_input_not_a_crash(tmp_path, models):
+    k = make(tmp_path, models)
+    await k.registry.rescan()
+    with pytest.raises(kernel.InvalidInput, match="expected shape"):
+        await k.registry.infer("double", {"x": np.ones((1, 4), dtype=np.float32)})
+    with pytest.raises(kernel.InvalidInput, match="expected datatype FP32, got INT64"):
+        await k.registry.infer("double", {"x": np.ones((1, 3), dtype=np.int64)})
+    with pytest.raises(kernel.InvalidInput, match="unknown input 'z'"):
+        await k.registry.infer("double", {"z": np.ones((1, 3), dtype=np.float32)})
+    with pytest.raises(kernel.InvalidInput, match="missing input 'x'"):
+        await k.registry.infer("double", {})
+
+
+@pytest.mark.anyio
+async def test_unload_frees_the_session(tmp_path, models):
+    k = make(tmp_path, models)
+    await k.registry.rescan()
+    model = await k.registry.load("double")
+    session = model.session
+    await k.registry.unload("double")
+    assert session.closed and model.state == "available" and model.session is None
+    await k.registry.infer("double", X)
+    assert MatrixBackend.loads == ["dir.double", "dir.double"]
+
+
+@pytest.mark.anyio
+async def test_least_recently_used_model_is_evicted_past_the_count_limit(tmp_path, models):
+    k = make(tmp_path, models, max_models=2)
+    await k.registry.rescan()
+    await k.registry.infer("double", X)
+    await k.registry.infer("triple", X)
+    await k.registry.infer("double", X)  # triple is now the least recently used
+    await k.registry.infer("quad", X)
+    states = {m.spec.name: m.state for m in k.registry.models()}
+    assert states == {"double": "ready", "triple": "available", "quad": "ready", "broken": "available"}
+
+
+@pytest.mark.anyio
+async def test_byte_limit_evicts_too(tmp_path, models):
+    k = make(tmp_path, models, max_model_bytes=40)  # one 3x3 float32 matrix is 36 bytes
+    await k.registry.rescan()
+    await k.registry.infer("double", X)
+    await k.registry.infer("triple", X)
+    assert [m.spec.name for m in k.registry.models() if m.state == "ready"] == ["triple"]
+
+
+@pytest.mark.anyio
+async def test_rescan_adds_and_removes_models(tmp_path, models):
+    k = make(tmp_path, models)
+    await k.registry.rescan()
+    await k.registry.load("double")
+    session = k.registry.get("double").session
+    np.save(models / "five.npy", 5 * np.eye(3))
+    (models / "double.npy").unlink()
+    await k.registry.rescan()
+    names = k.registry.names()
+    assert "five" in names and "double" not in names
+    assert session.closed
+    with pytest.raises(kernel.NotFound):
+        k.registry.get("double")
+
+
+@pytest.mark.anyio
+async def test_versions_from_a_triton_layout(tmp_path):
+    repo = tmp_path / "repo"
+    for version, factor in (("1", 1), ("2", 2), ("10", 10)):
+        (repo / "scale" / version).mkdir(parents=True)
+        np.save(repo / "scale" / version / "model.npy", factor * np.eye(3))
+    k = make(tmp_path, repo)
+    await k.registry.rescan()
+    assert k.registry.versions("scale") == ["1", "2", "10"]
+    assert (await k.registry.infer("scale", X))["y"][0, 0] == 10
+    assert (await k.registry.infer("scale", X, version="2"))["y"][0, 0] == 2
+    with pytest.raises(kernel.NotFound, match="no version '3'"):
+        k.registry.get("scale", "3")
+
+
+@post("/run/{name:str}")
+async def run(request: Request, name: FromPath[str]) -> dict:
+    outputs = await request.app.state["kernel"].registry.infer(name, X)
+    return {"y": outputs["y"].tolist()}
+
+
+class Runner:
+    @kernel.hookimpl
+    def kernel_routes(self, kernel):
+        return [run]
+
+
+def test_full_inference_queue_answers_503_with_retry_after(tmp_path, models):
+    MatrixBackend.gate = threading.Event()
+    k = kernel.create_kernel(
+        [], extra={"runner": Runner()}, backends={"matrix": MatrixBackend},
+        options={"kernel": {"state_dir": str(tmp_path / "s"), "model_dir": [str(models)],
+                            "infer_workers": 1, "infer_queue": 0}},
+    )
+    with TestClient(k.app) as client:
+        first: list = []
+        worker = threading.Thread(target=lambda: first.append(client.post("/run/double")))
+        worker.start()
+        deadline = time.monotonic() + 10
+        while not k.pool.pending and time.monotonic() < deadline:
+            time.sleep(0.01)
+        busy = client.post("/run/double")
+        MatrixBackend.gate.set()
+        worker.join(10)
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        assert "queue is full" in busy.json()["detail"]
+        assert first[0].json() == {"y": [[2.0, 2.0, 2.0]]}
+        assert client.post("/run/double").status_code == 201
+        assert client.post("/run/nosuch").status_code == 404
