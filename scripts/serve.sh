@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up, fetch the default models (COCO yolov3-tiny) into ./models, and serve them.
+# Extra arguments go to `kernel serve`, e.g. scripts/serve.sh --port 9000 --host 0.0.0.0
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+.venv/bin/python scripts/fetch_models.py models
+exec .venv/bin/kernel serve --model-dir models "$@"
