@@ -164,16 +164,22 @@ class ModelRegistry:
             except Exception:
                 log.exception("model event listener failed on %s %s", event, model.name)
 
-    async def rescan(self) -> None:
-        """Ask every source again; add new models, drop gone ones, reload changed ones."""
+    async def rescan(self, source: str | None = None) -> None:
+        """Ask every source (or only the one named `source`) again; add new models, drop
+        gone ones, reload changed ones. A plugin calls it after changing what its source
+        offers (an upload), so the change is served without a restart."""
         found: list[ModelSpec] = []
-        for source in self._sources:
+        for src in self._sources:
+            keep = [m.spec for m in self.models() if m.spec.source == src.name]
+            if source is not None and src.name != source:
+                found.extend(keep)
+                continue
             try:
-                specs = await asyncio.to_thread(source.scan)
+                specs = await asyncio.to_thread(src.scan)
             except Exception as exc:
-                log.error("model source %r failed to scan: %s", source.name, exc)
+                log.error("model source %r failed to scan: %s", src.name, exc)
                 # Keep what that source offered before rather than dropping its models.
-                specs = [m.spec for m in self.models() if m.spec.source == source.name]
+                specs = keep
             found.extend(specs)
         self._apply(found)
 

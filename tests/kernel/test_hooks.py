@@ -257,3 +257,21 @@ def test_plugin_guide_documents_every_hook_with_its_signature():
     for name in _specs():
         params = ", ".join(inspect.signature(getattr(hookspecs, name)).parameters)
         assert f"### `{name}({params})`" in guide
+
+
+@pytest.mark.anyio
+async def test_rescan_of_one_source_leaves_the_others_as_they_were(tmp_path):
+    alpha, beta = Listing("alpha", ["a1"]), Listing("beta", ["b1"])
+
+    class Sources:
+        @kernel.hookimpl
+        def kernel_model_sources(self, kernel):
+            return [alpha, beta]
+
+    k = make(tmp_path, {"sources": Sources()})
+    await k.registry.rescan()
+    alpha.models, beta.models = ["a1", "a2"], []
+    await k.registry.rescan("alpha")
+    assert sorted(k.registry.names()) == ["a1", "a2", "alpha.a1", "alpha.a2", "b1", "beta.b1"]
+    await k.registry.rescan()
+    assert "beta.b1" not in k.registry.names()
