@@ -1,0 +1,89 @@
+"""A loaded TFLite model as a kernel `Session`."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from kernel import Session, TensorInfo, datatype_name
+
+
+class TFLiteSession(Session):
+    """Runs one TFLite interpreter.
+
+    An interpreter holds its tensors in one arena and is not thread-safe, so `run` holds a
+    lock from writing the inputs to reading the outputs. Inputs are passed in the model's
+    own dtype: a quantized model takes and returns its uint8/int8 values, and `scale` and
+    `zero_point` in the metadata say how to convert them.
+    """
+
+    def __init__(self, interpreter: Any, memory_bytes: int) -> None:
+        interpreter.allocate_tensors()
+        in_details = interpreter.get_input_details()
+        out_details = interpreter.get_output_details()
+        self.inputs = [_info(d) for d in in_details]
+        self.outputs = [_info(d) for d in out_details]
+        self.memory_bytes = memory_bytes
+        self._interpreter: Any = interpreter
+        self._lock = threading.Lock()
+        self._input_index = {d["name"]: int(d["index"]) for d in in_details}
+        self._output_index = {d["name"]: int(d["index"]) for d in out_details}
+        #: The shape each input tensor is allocated with now; dynamic inputs change it.
+        self._allocated = {d["name"]: tuple(int(n) for n in d["shape"]) for d in in_details}
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._lock:
+            interpreter = self._interpreter
+            if interpreter is None:
+                raise RuntimeError("the model was unloaded")
+            resized = False
+            for name, array in inputs.items():
+                if array.shape != self._allocated[name]:
+                    interpreter.resize_tensor_input(self._input_index[name], array.shape, strict=True)
+                    self._allocated[name] = array.shape
+                    resized = True
+            if resized:
+                interpreter.allocate_tensors()
+            for name, array in inputs.items():
+                interpreter.set_tensor(self._input_index[name], np.ascontiguousarray(array))
+            interpreter.invoke()
+            # get_tensor copies, so the results survive the next call.
+            return {name: interpreter.get_tensor(index) for name, index in self._output_index.items()}
+
+    def close(self) -> None:
+        with self._lock:
+            # Dropping the interpreter frees its arena and, on a TPU, the device.
+            self._interpreter = None
+
+
+def _info(detail: Mapping[str, Any]) -> TensorInfo:
+    name = detail["name"]
+    try:
+        datatype = datatype_name(detail["dtype"])
+    except ValueError as exc:
+        raise ValueError(f"tensor {name!r}: {exc}") from None
+    signature = detail.get("shape_signature")
+    shape = signature if signature is not None and len(signature) else detail["shape"]
+    scale, zero_point = _per_tensor_quantization(detail)
+    return TensorInfo(
+        name=name,
+        datatype=datatype,
+        shape=tuple(int(n) for n in shape),
+        scale=scale,
+        zero_point=zero_point,
+    )
+
+
+def _per_tensor_quantization(detail: Mapping[str, Any]) -> tuple[float | None, int | None]:
+    """(scale, zero_point) for a tensor quantized per tensor, else (None, None).
+
+    An unquantized tensor has no scales; a per-channel one (mostly weights) has one per
+    slice and so no single pair to report.
+    """
+    params = detail["quantization_parameters"]
+    if len(params["scales"]) != 1:
+        return None, None
+    return float(params["scales"][0]), int(params["zero_points"][0])

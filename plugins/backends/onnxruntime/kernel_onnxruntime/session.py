@@ -1,0 +1,61 @@
+"""A loaded onnxruntime model as a kernel `Session`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from kernel import ModelError, Session, TensorInfo
+
+#: onnxruntime's tensor type names -> Open Inference Protocol datatypes.
+ORT_DATATYPES = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+def tensor_info(arg: Any) -> TensorInfo:
+    """TensorInfo of an onnxruntime NodeArg; symbolic or unknown dimensions become -1.
+
+    onnxruntime does not expose quantization parameters, so scale and zero point stay None.
+    """
+    datatype = ORT_DATATYPES.get(arg.type)
+    if datatype is None:
+        raise ModelError(f"tensor {arg.name!r} has type {arg.type}, which the kernel cannot serve")
+    shape = tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in arg.shape)
+    return TensorInfo(name=arg.name, datatype=datatype, shape=shape)
+
+
+class OnnxRuntimeSession(Session):
+    def __init__(self, session: Any, memory_bytes: int) -> None:
+        self._session = session
+        self.inputs = [tensor_info(arg) for arg in session.get_inputs()]
+        self.outputs = [tensor_info(arg) for arg in session.get_outputs()]
+        self._output_names = [info.name for info in self.outputs]
+        self.memory_bytes = memory_bytes
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the runtime actually uses, best first."""
+        return list(self._session.get_providers())
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # onnxruntime's run is thread-safe, so no lock.
+        values = self._session.run(self._output_names, dict(inputs))
+        return dict(zip(self._output_names, values))
+
+    def close(self) -> None:
+        del self._session

@@ -1,0 +1,49 @@
+"""A loaded `cv2.dnn` network as a kernel `Session`."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from kernel import ModelError, Session, TensorInfo
+
+
+def cv_message(exc: Exception) -> str:
+    """The useful line of a cv2.error (its text also holds a source path and a banner)."""
+    return str(getattr(exc, "err", None) or exc).strip()
+
+
+class OpenCVSession(Session):
+    def __init__(self, name: str, net: Any, inputs: list[TensorInfo], outputs: list[TensorInfo],
+                 memory_bytes: int, *, unnamed_input: bool = False) -> None:
+        self._name = name
+        self._net = net
+        self.inputs = inputs
+        self.outputs = outputs
+        self.memory_bytes = memory_bytes
+        #: Darknet nets have one input without a name; the kernel calls it `images`.
+        self._unnamed_input = unnamed_input
+        self._output_names = [info.name for info in outputs]
+        # A cv2.dnn net keeps its inputs and outputs in itself: one call at a time.
+        self._lock = threading.Lock()
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import cv2
+
+        with self._lock:
+            try:
+                for name, array in inputs.items():
+                    self._net.setInput(array, "" if self._unnamed_input else name)
+                values = self._net.forward(self._output_names)
+            except cv2.error as exc:
+                raise ModelError(f"model {self._name!r}: OpenCV failed to run it: {cv_message(exc)}") from None
+        return {
+            info.name: np.asarray(value, dtype=info.dtype)
+            for info, value in zip(self.outputs, values)
+        }
+
+    def close(self) -> None:
+        del self._net
