@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import tomllib
-from pathlib import Path
 import os
 import signal
 import socket
@@ -21,7 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.request
+from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 

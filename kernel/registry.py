@@ -127,12 +127,12 @@ class ModelRegistry:
         self,
         backends: Mapping[str, Backend],
         pool: InferencePool,
-        limits: RegistryLimits = RegistryLimits(),
+        limits: RegistryLimits | None = None,
         observe: Callable[[str, float], None] | None = None,
     ) -> None:
         self.backends = backends
         self.pool = pool
-        self.limits = limits
+        self.limits = limits or RegistryLimits()
         self._observe = observe
         self._sources: list[ModelSource] = []
         #: qualified name -> version -> Model

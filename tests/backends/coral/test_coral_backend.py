@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-import kernel
 from kernel_coral import CoralBackend
 from kernel_coral.flatbuffer import NotTFLite, custom_ops
+
+import kernel
 
 QUANTIZED = {
     # dtype: (input scale, zero point), (output scale, zero point)
