@@ -222,6 +222,10 @@ class Kernel:
         )
         self.registry.subscribe(self._count_loaded)
         self.auth = Auth(self)
+        if config.kernel.log_level == "debug":
+            # Every hook call and its result, for plugin authors chasing a wiring problem.
+            plugins.pm.trace.root.setwriter(logging.getLogger("kernel.hooks").debug)
+            plugins.pm.enable_tracing()
         self.started = False
         self._started: list[str] = []
         for name in plugins.sections:

@@ -275,3 +275,9 @@ async def test_rescan_of_one_source_leaves_the_others_as_they_were(tmp_path):
     assert sorted(k.registry.names()) == ["a1", "a2", "alpha.a1", "alpha.a2", "b1", "beta.b1"]
     await k.registry.rescan()
     assert "beta.b1" not in k.registry.names()
+
+
+def test_debug_logging_traces_hook_calls(tmp_path, caplog):
+    caplog.set_level("DEBUG", logger="kernel.hooks")
+    _ = make(tmp_path, {"greet": Greet()}, log_level="debug").app
+    assert any("kernel_routes" in record.getMessage() for record in caplog.records)
