@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import re
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -133,15 +135,31 @@ async def _serve(kernel: Any) -> None:
 
     config = kernel.config.kernel
     app = kernel.app  # route problems surface before any plugin starts
+    listener = _listen(config.host, config.port)  # so does a port already in use
     try:
         await kernel.startup()
         server = uvicorn.Server(uvicorn.Config(
-            app, host=config.host, port=config.port, log_config=None,
-            access_log=False, server_header=False, lifespan="on",
+            app, log_config=None, access_log=False, server_header=False, lifespan="on",
         ))
-        await server.serve()
+        await server.serve(sockets=[listener])
     finally:
+        listener.close()
         await kernel.shutdown()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    listener.listen(2048)
+    listener.set_inheritable(True)
+    host_shown = f"[{host}]" if ":" in host else host
+    logging.getLogger("kernel").info("listening on http://%s:%d", host_shown, listener.getsockname()[1])
+    return listener
 
 
 def plugins(argv: list[str]) -> None:

@@ -46,7 +46,7 @@ def test_plugin_that_fails_to_start_names_plugin_entry_point_and_cause(tmp_path)
 
 
 def test_unknown_option_exits_2(tmp_path):
-    result = run_kernel(["serve", "--no-such-option"], tmp_path)
+    result = run_kernel(["serve", "--plugins", "hello", "--no-such-option"], tmp_path)
     assert result.returncode == 2
     assert "--no-such-option" in result.stderr
 
@@ -179,3 +179,11 @@ def test_serve_real_http_with_example_plugin_and_json_logs(tmp_path, serve):
     lines = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
     assert any(line["request_id"] == "req-42" and "loaded model dir.double" in line["message"] for line in lines)
     assert STRONG not in server.output()
+
+
+def test_port_in_use_is_a_clear_error_before_plugins_start(tmp_path, serve):
+    server = serve("--plugins", "hello")
+    result = run_kernel(["serve", "--plugins", "failstart", "--port", str(server.port)], tmp_path)
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{server.port}" in result.stderr
+    assert "failed to start" not in result.stderr  # no plugin was started
