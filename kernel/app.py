@@ -20,6 +20,7 @@ import pluggy
 from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.config import default_operation_id_creator
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, Receive, Scope, Send
@@ -352,11 +353,20 @@ class Kernel:
             openapi_config=OpenAPIConfig(
                 title="kernel", version=__version__, path="/docs",
                 render_plugins=[SwaggerRenderPlugin(path="/")],
+                operation_id_creator=_operation_id,
             ),
             state=State({"kernel": self}),
             request_max_body_size=self.config.kernel.max_body_size,
             logging_config=None,
         )
+
+
+def _operation_id(handler: Any, method: Any, components: list[Any]) -> str:
+    """Litestar's operation id prefixed with the owning plugin: two plugins may both have
+    a `health` handler (`/health` and `/-/health` would otherwise share an id)."""
+    plugin = handler.opt.get("kernel_plugin", "kernel")
+    prefix = "Kernel" if plugin.startswith("kernel.") else plugin.title().replace("_", "")
+    return prefix + default_operation_id_creator(handler, method, components)
 
 
 def _builds(router: Router) -> bool:

@@ -140,6 +140,7 @@ async def _serve(kernel: Any) -> None:
         await kernel.startup()
         server = uvicorn.Server(uvicorn.Config(
             app, log_config=None, access_log=False, server_header=False, lifespan="on",
+            ws_per_message_deflate=config.ws_compression,
         ))
         await server.serve(sockets=[listener])
     finally:
@@ -150,7 +151,9 @@ async def _serve(kernel: Any) -> None:
 def _listen(host: str, port: int) -> socket.socket:
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        listener = socket.socket(family, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say they are TCP;
+        # without it a response's header and body writes wait on delayed ACKs (~40 ms).
+        listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((host, port))
     except OSError as exc:

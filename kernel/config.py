@@ -52,6 +52,9 @@ class KernelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_model_bytes: Annotated[int, msgspec.Meta(ge=1)] | None = None
     #: Largest request body accepted, in bytes (a plugin may allow more on its own routes).
     max_body_size: Annotated[int, msgspec.Meta(ge=1)] = 64 * 1024 * 1024
+    #: WebSocket per-message compression; off by default, since binary frames (images,
+    #: tensors) rarely shrink and compressing them costs more than sending them.
+    ws_compression: bool = False
 
 
 class Config:

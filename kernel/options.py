@@ -50,7 +50,7 @@ class OptionGroup:
         for flag in flags:
             self._parser.owners[flag] = self.section
         self._parser.keys.setdefault(self.section, set()).add(key)
-        if kwargs.get("action") not in ("store_true", "store_false", "count"):
+        if kwargs.get("action") not in ("store_true", "store_false", "count", argparse.BooleanOptionalAction):
             kwargs.setdefault("metavar", key.upper())
         self._group.add_argument(
             *flags, dest=f"{self.section}.{key}", default=argparse.SUPPRESS, **kwargs

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from kernel.hookimpl import hookimpl
 from kernel.options import OptionGroup
 
@@ -31,3 +33,5 @@ def kernel_add_options(group: OptionGroup) -> None:
     group.add_option("--max-models", type=int, metavar="N", help="loaded models kept at most, least recently used evicted")
     group.add_option("--max-model-bytes", type=int, metavar="BYTES", help="memory of loaded models kept at most")
     group.add_option("--max-body-size", type=int, metavar="BYTES", help="largest request body (default: 64 MiB)")
+    group.add_option("--ws-compression", action=argparse.BooleanOptionalAction,
+                     help="WebSocket per-message compression (default: off)")

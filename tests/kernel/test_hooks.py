@@ -281,3 +281,25 @@ def test_debug_logging_traces_hook_calls(tmp_path, caplog):
     caplog.set_level("DEBUG", logger="kernel.hooks")
     _ = make(tmp_path, {"greet": Greet()}, log_level="debug").app
     assert any("kernel_routes" in record.getMessage() for record in caplog.records)
+
+
+def test_two_plugins_with_same_named_handlers_get_distinct_openapi_ids(tmp_path):
+    def health_plugin(path: str):
+        @get(path, sync_to_thread=False)
+        def health() -> dict:
+            return {}
+
+        class Plugin:
+            @kernel.hookimpl
+            def kernel_routes(self, kernel):
+                return [health]
+
+        return Plugin()
+
+    k = make(tmp_path, {"alpha": health_plugin("/health"), "beta": health_plugin("/beta/health")})
+    with TestClient(k.app) as client:
+        answer = client.get("/openapi.json")
+        assert answer.status_code == 200
+        ids = [op["operationId"] for item in answer.json()["paths"].values() for op in item.values()]
+        assert len(ids) == len(set(ids))
+        assert {"AlphaHealthHealth", "KernelHealthHealth"} <= set(ids)
