@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from kernel import ModelError, Session, TensorInfo
+from kernel import InvalidInput, ModelError, Session, TensorInfo
 
 #: onnxruntime's tensor type names -> Open Inference Protocol datatypes.
 ORT_DATATYPES = {
@@ -53,9 +53,26 @@ class OnnxRuntimeSession(Session):
         return list(self._session.get_providers())
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feed = {name: _to_strings(name, value) if value.dtype == object else value
+                for name, value in inputs.items()}
         # onnxruntime's run is thread-safe, so no lock.
-        values = self._session.run(self._output_names, dict(inputs))
-        return dict(zip(self._output_names, values))
+        values = self._session.run(self._output_names, feed)
+        return {name: _to_bytes(value) if value.dtype.kind in "OU" else value
+                for name, value in zip(self._output_names, values)}
 
     def close(self) -> None:
         del self._session
+
+
+def _to_strings(name: str, array: np.ndarray) -> np.ndarray:
+    """BYTES tensors arrive as `bytes`; onnxruntime string tensors take `str` (it would
+    turn a `bytes` object into its repr)."""
+    try:
+        return np.vectorize(lambda b: b.decode() if isinstance(b, bytes) else str(b), otypes=[object])(array)
+    except UnicodeDecodeError:
+        raise InvalidInput(f"input {name!r}: onnxruntime string tensors must be UTF-8") from None
+
+
+def _to_bytes(array: np.ndarray) -> np.ndarray:
+    """String outputs as BYTES tensors: `bytes` elements, like every other backend's."""
+    return np.vectorize(lambda s: s.encode() if isinstance(s, str) else s, otypes=[object])(array)

@@ -1,0 +1,1 @@
+"""kernel-detect: a pyzm.serve-compatible detection server for the kernel."""
