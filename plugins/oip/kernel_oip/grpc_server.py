@@ -1,0 +1,192 @@
+"""`inference.GRPCInferenceService` on grpcio's asyncio server, from Triton's .proto.
+
+Imported only when the server starts, so `kernel serve` does not pay for grpc at import.
+Inputs come as `raw_input_contents` (one buffer per input, straight to `np.frombuffer`)
+or typed contents; outputs always go back as `raw_output_contents`, as Triton answers.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from kernel import InvalidInput, KernelError, datatype_name
+from kernel_oip.proto import grpc_service_pb2 as pb
+from kernel_oip.proto import grpc_service_pb2_grpc as pb_grpc
+from kernel_oip.service import INFER, READ, REPOSITORY, OipService, WireTensor
+from kernel_oip.tensors import raw, select_outputs
+
+log = logging.getLogger("kernel.oip.grpc")
+
+#: HTTP status of a kernel error -> gRPC status code.
+_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.FAILED_PRECONDITION,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+
+#: Datatype -> the typed contents field that carries it (FP16 travels only as raw bytes).
+_CONTENTS = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
+    "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
+    "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
+_BEARER = re.compile(r"^\s*Bearer\s+(\S+)\s*$", re.IGNORECASE)
+
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def rpc(scope: str | None, resource: Callable[[Any], str] = lambda _r: "server") -> Callable[[Handler], Handler]:
+    """Check access for `scope`, and answer kernel errors with their gRPC status codes."""
+
+    def wrap(method: Handler) -> Handler:
+        @functools.wraps(method)
+        async def handler(self: Servicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                if scope is not None:
+                    await self.service.authorize(_token(context), scope, resource(request))
+                return await method(self, request, context)
+            except KernelError as exc:
+                code = _CODES.get(exc.status_code, grpc.StatusCode.INTERNAL)
+                if code == grpc.StatusCode.INTERNAL:
+                    log.error("%s: %s", method.__name__, exc.detail)
+                await context.abort(code, exc.detail)
+            except Exception:
+                log.exception("%s failed", method.__name__)
+                await context.abort(grpc.StatusCode.INTERNAL, "Internal server error")
+
+        return handler
+
+    return wrap
+
+
+def _token(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str):
+            match = _BEARER.match(value)
+            return match.group(1) if match else None
+    return None
+
+
+def _model_name(request: Any) -> str:
+    return request.name
+
+
+class Servicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, service: OipService) -> None:
+        self.service = service
+
+    @rpc(None)
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    @rpc(None)
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return pb.ServerReadyResponse(ready=self.service.kernel.started)
+
+    @rpc(READ)
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return pb.ServerMetadataResponse(**self.service.server_metadata())
+
+    @rpc(READ, _model_name)
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        return pb.ModelReadyResponse(ready=self.service.ready(request.name, request.version))
+
+    @rpc(READ, _model_name)
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        meta = await self.service.metadata(request.name, request.version)
+        return pb.ModelMetadataResponse(
+            name=meta["name"], versions=meta["versions"], platform=meta["platform"],
+            inputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["inputs"]],
+            outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["outputs"]],
+        )
+
+    @rpc(INFER, lambda r: r.model_name)
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        service = self.service
+        model, session = await service.session(request.model_name, request.model_version)
+        names = {t.name for t in session.outputs}
+        for output in request.outputs:
+            if output.name not in names:
+                raise InvalidInput(f"unknown output {output.name!r}; the model gives {sorted(names)}")
+        inputs = service.decode(session, _wire_inputs(request))
+        results = await service.infer(model, session, inputs)
+        results = select_outputs(results, [o.name for o in request.outputs])
+        response = pb.ModelInferResponse(
+            model_name=request.model_name, model_version=model.spec.version, id=request.id,
+        )
+        for name, array in results.items():
+            response.outputs.add(name=name, datatype=datatype_name(array.dtype), shape=array.shape)
+            response.raw_output_contents.append(raw(array))
+        return response
+
+    @rpc(READ)
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        return pb.RepositoryIndexResponse(
+            models=[pb.RepositoryIndexResponse.ModelIndex(**m) for m in self.service.index(request.ready)]
+        )
+
+    @rpc(REPOSITORY, lambda r: r.model_name)
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        if any(key == "config" or key.startswith("file:") for key in request.parameters):
+            raise InvalidInput("loading with a config or model files in the request is not supported")
+        await self.service.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @rpc(REPOSITORY, lambda r: r.model_name)
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        await self.service.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+
+def _wire_inputs(request: Any) -> list[WireTensor]:
+    raws = request.raw_input_contents
+    if raws and len(raws) != len(request.inputs):
+        raise InvalidInput(
+            f"raw_input_contents holds {len(raws)} buffers for {len(request.inputs)} inputs; "
+            "send every input's data raw, or none"
+        )
+    tensors = []
+    for i, tensor in enumerate(request.inputs):
+        if raws:
+            data: Any = raws[i]
+        else:
+            field = _CONTENTS.get(tensor.datatype)
+            data = getattr(tensor.contents, field) if field and tensor.HasField("contents") else None
+        tensors.append(WireTensor(tensor.name, tensor.datatype, list(tensor.shape), data))
+    return tensors
+
+
+class GrpcServer:
+    """The asyncio gRPC server, started and stopped with the kernel."""
+
+    def __init__(self, service: OipService, host: str, port: int, max_message_bytes: int) -> None:
+        self.address = f"{host}:{port}"
+        self._server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            # A port already taken must be an error, not a silently shared socket.
+            ("grpc.so_reuseport", 0),
+        ])
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(service), self._server)
+
+    async def start(self) -> None:
+        try:
+            self._server.add_insecure_port(self.address)
+        except RuntimeError as exc:
+            raise RuntimeError(f"cannot listen for gRPC on {self.address}: {exc}") from None
+        await self._server.start()
+        log.info("gRPC inference service listening on %s", self.address)
+
+    async def stop(self) -> None:
+        await self._server.stop(grace=1.0)

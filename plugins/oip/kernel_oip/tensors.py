@@ -1,0 +1,170 @@
+"""Tensors between the wire and NumPy, checked against a model's metadata.
+
+Raw bytes (the REST binary extension, gRPC `raw_input_contents`) become arrays with
+`np.frombuffer`, never element by element; only JSON lists and gRPC typed contents,
+which are lists by nature, go through `np.array`. BYTES tensors use the protocol's raw
+layout: each element a 4-byte little-endian length followed by its bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from kernel import DATATYPES, InvalidInput, TensorInfo
+
+_LENGTH = struct.Struct("<I")
+
+
+def check_header(info: TensorInfo, datatype: str, shape: Sequence[int]) -> int:
+    """Check a request tensor's datatype and shape against the model's; its element count."""
+    name = info.name
+    if datatype not in DATATYPES:
+        raise InvalidInput(
+            f"input {name!r}: unsupported datatype {datatype!r}; expected {info.datatype}"
+        )
+    if datatype != info.datatype:
+        raise InvalidInput(f"input {name!r}: expected datatype {info.datatype}, got {datatype}")
+    if any(dim < 0 for dim in shape):
+        raise InvalidInput(f"input {name!r}: shape {list(shape)} has a negative dimension")
+    if not info.accepts_shape(tuple(shape)):
+        raise InvalidInput(
+            f"input {name!r}: expected shape {list(info.shape)} (-1 is any size), got {list(shape)}"
+        )
+    return math.prod(shape)
+
+
+def input_infos(infos: Iterable[TensorInfo], names: Iterable[str]) -> dict[str, TensorInfo]:
+    """The model's input metadata by name; unknown, repeated or missing inputs are refused."""
+    expected = {info.name: info for info in infos}
+    seen: set[str] = set()
+    for name in names:
+        if name not in expected:
+            raise InvalidInput(f"unknown input {name!r}; the model takes {sorted(expected)}")
+        if name in seen:
+            raise InvalidInput(f"input {name!r} is given twice")
+        seen.add(name)
+    missing = sorted(set(expected) - seen)
+    if missing:
+        raise InvalidInput(f"missing input {', '.join(map(repr, missing))}")
+    return expected
+
+
+def from_buffer(info: TensorInfo, shape: Sequence[int], buffer: bytes | memoryview) -> np.ndarray:
+    """An array from raw bytes, which must hold exactly the elements `shape` asks for."""
+    count = math.prod(shape)
+    if info.datatype == "BYTES":
+        return decode_bytes(info.name, buffer, count).reshape(shape)
+    dtype = DATATYPES[info.datatype]
+    expected = count * dtype.itemsize
+    if len(buffer) != expected:
+        raise InvalidInput(
+            f"input {info.name!r}: {len(buffer)} bytes of data, expected {expected} "
+            f"for shape {list(shape)} of {info.datatype}"
+        )
+    array = np.frombuffer(buffer, dtype=dtype).reshape(shape)
+    # A tensor behind an odd-length JSON header is unaligned; runtimes want aligned memory.
+    return array if array.flags.aligned else array.copy()
+
+
+def from_list(info: TensorInfo, shape: Sequence[int], data: Any) -> np.ndarray:
+    """An array from JSON `data` (flat or nested) or gRPC typed contents."""
+    count = math.prod(shape)
+    if info.datatype == "BYTES":
+        flat = [_as_bytes(info.name, item) for item in _flatten(data)]
+        array = np.empty(len(flat), dtype=object)
+        array[:] = flat
+    else:
+        try:
+            array = np.array(data, dtype=DATATYPES[info.datatype])
+        except (ValueError, TypeError, OverflowError):
+            raise InvalidInput(
+                f"input {info.name!r}: data is not a regular array of {info.datatype} values"
+            ) from None
+    if array.size != count:
+        raise InvalidInput(
+            f"input {info.name!r}: {array.size} elements of data, expected {count} for shape {list(shape)}"
+        )
+    return array.reshape(shape)
+
+
+def _flatten(data: Any) -> Iterable[Any]:
+    if isinstance(data, (list, tuple)) or hasattr(data, "__len__") and not isinstance(data, (str, bytes)):
+        for item in data:
+            yield from _flatten(item)
+    else:
+        yield data
+
+
+def _as_bytes(name: str, item: Any) -> bytes:
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, str):
+        return item.encode()
+    raise InvalidInput(f"input {name!r}: BYTES data must be strings, got {type(item).__name__}")
+
+
+def decode_bytes(name: str, buffer: bytes | memoryview, count: int) -> np.ndarray:
+    """A BYTES tensor from its raw layout, which must hold exactly `count` elements."""
+    view = memoryview(buffer)
+    items: list[bytes] = []
+    offset = 0
+    while offset < len(view):
+        if offset + 4 > len(view):
+            raise InvalidInput(f"input {name!r}: BYTES data ends inside an element's length")
+        (length,) = _LENGTH.unpack_from(view, offset)
+        offset += 4
+        if offset + length > len(view):
+            raise InvalidInput(f"input {name!r}: a BYTES element runs past the end of the data")
+        items.append(bytes(view[offset:offset + length]))
+        offset += length
+    if len(items) != count:
+        raise InvalidInput(f"input {name!r}: {len(items)} BYTES elements, expected {count}")
+    array = np.empty(count, dtype=object)
+    array[:] = items
+    return array
+
+
+def encode_bytes(array: np.ndarray) -> bytes:
+    """The raw layout of a BYTES (object or string) array."""
+    parts = []
+    for item in array.reshape(-1):
+        data = item if isinstance(item, bytes) else str(item).encode()
+        parts.append(_LENGTH.pack(len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def raw(array: np.ndarray) -> bytes:
+    """The raw bytes of an output tensor, row-major."""
+    if array.dtype.kind in "OSU":
+        return encode_bytes(array)
+    return np.ascontiguousarray(array).tobytes()
+
+
+def as_json_data(name: str, array: np.ndarray) -> list[Any]:
+    """An output's elements, flattened row-major, as JSON values."""
+    if array.dtype.kind in "OSU":
+        try:
+            return [item.decode() if isinstance(item, bytes) else str(item) for item in array.reshape(-1)]
+        except UnicodeDecodeError:
+            raise InvalidInput(
+                f"output {name!r} holds bytes that are not UTF-8; ask for it with binary_data"
+            ) from None
+    return array.reshape(-1).tolist()
+
+
+def select_outputs(outputs: Mapping[str, np.ndarray], wanted: Sequence[str] | None) -> dict[str, np.ndarray]:
+    """The requested outputs (all when none are named); an unknown name is refused."""
+    if not wanted:
+        return dict(outputs)
+    unknown = [name for name in wanted if name not in outputs]
+    if unknown:
+        raise InvalidInput(
+            f"unknown output {', '.join(map(repr, unknown))}; the model gives {sorted(outputs)}"
+        )
+    return {name: outputs[name] for name in wanted}

@@ -1,0 +1,138 @@
+"""Bad requests get a 400 / INVALID_ARGUMENT naming the tensor, and the server carries on."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+from kernel_oip.proto import grpc_service_pb2 as pb
+from kernel_oip.proto import grpc_service_pb2_grpc as pb_grpc
+
+from tests.conftest import Server
+from tests.oip.oip_models import repository
+from tests.oip.oip_support import start_server
+
+X = np.arange(8, dtype=np.float32).reshape(2, 4)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, int]]:
+    started = start_server(tmp_path_factory.mktemp("home"), repository(tmp_path_factory.mktemp("models")))
+    yield started
+    assert "Traceback" not in started[0].output()
+    started[0].stop()
+
+
+@pytest.fixture(scope="module")
+def http(server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server[0].url, timeout=10) as client:
+        yield client
+
+
+def binary_request(header: dict, payload: bytes, length: str | None = None) -> tuple[bytes, dict]:
+    head = json.dumps(header).encode()
+    return head + payload, {"Inference-Header-Content-Length": length or str(len(head))}
+
+
+def x_input(**extra) -> dict:
+    return {"name": "x", "shape": [2, 4], "datatype": "FP32", **extra}
+
+
+CASES = {
+    "not json": (b"{nope", {}, "the request is not valid JSON"),
+    "no inputs": (b"{}", {}, "invalid request: Object missing required field `inputs`"),
+    "unknown input": (json.dumps({"inputs": [x_input(name="z", data=[0] * 8)]}).encode(), {},
+                      "unknown input 'z'; the model takes ['x']"),
+    "missing input": (b'{"inputs": []}', {}, "missing input 'x'"),
+    "twice": (json.dumps({"inputs": [x_input(data=[0] * 8), x_input(data=[0] * 8)]}).encode(), {},
+              "input 'x' is given twice"),
+    "datatype": (json.dumps({"inputs": [x_input(datatype="INT32", data=[0] * 8)]}).encode(), {},
+                 "input 'x': expected datatype FP32, got INT32"),
+    "unsupported datatype": (json.dumps({"inputs": [x_input(datatype="BF16", data=[0] * 8)]}).encode(), {},
+                             "input 'x': unsupported datatype 'BF16'; expected FP32"),
+    "shape": (json.dumps({"inputs": [x_input(shape=[2, 5], data=[0] * 10)]}).encode(), {},
+              "input 'x': expected shape [-1, 4] (-1 is any size), got [2, 5]"),
+    "count": (json.dumps({"inputs": [x_input(data=[1, 2, 3])]}).encode(), {},
+              "input 'x': 3 elements of data, expected 8 for shape [2, 4]"),
+    "ragged": (json.dumps({"inputs": [x_input(data=[[1, 2, 3, 4], [5]])]}).encode(), {},
+               "input 'x': data is not a regular array of FP32 values"),
+    "text for numbers": (json.dumps({"inputs": [x_input(data=["a"] * 8)]}).encode(), {},
+                         "input 'x': data is not a regular array of FP32 values"),
+    "no data": (json.dumps({"inputs": [x_input()]}).encode(), {}, "input 'x' has no data"),
+    "binary short": (*binary_request({"inputs": [x_input(parameters={"binary_data_size": 16})]}, X.tobytes()[:16]),
+                     "input 'x': 16 bytes of data, expected 32 for shape [2, 4] of FP32"),
+    "binary past end": (*binary_request({"inputs": [x_input(parameters={"binary_data_size": 64})]}, X.tobytes()),
+                        "input 'x': binary_data_size 64 runs past the end of the request (32 bytes left)"),
+    "binary left over": (*binary_request({"inputs": [x_input(parameters={"binary_data_size": 32})]}, X.tobytes() + b"1234"),
+                         "the request holds 4 bytes of binary data that no input's binary_data_size claims"),
+    "header length": (*binary_request({"inputs": []}, b"", length="999"),
+                      "Inference-Header-Content-Length '999' does not fit a body of 14 bytes"),
+    "unknown output": (json.dumps({"inputs": [x_input(data=[0] * 8)], "outputs": [{"name": "nope"}]}).encode(), {},
+                       "unknown output 'nope'; the model gives ['total', 'y']"),
+    "classification": (json.dumps({"inputs": [x_input(data=[0] * 8)],
+                                   "outputs": [{"name": "y", "parameters": {"classification": 2}}]}).encode(), {},
+                       "output 'y': the classification extension is not supported"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_rest_bad_request_is_a_400_naming_the_problem(http, case):
+    body, headers, message = CASES[case]
+    answer = http.post("/v2/models/affine/infer", content=body, headers=headers)
+    assert (answer.status_code, answer.json()) == (400, {"error": message})
+
+
+def test_unknown_model_and_version_are_404(http):
+    assert http.post("/v2/models/nope/infer", json={"inputs": []}).json() == {"error": "model 'nope' not found"}
+    answer = http.get("/v2/models/versioned/versions/9")
+    assert (answer.status_code, answer.json()) == (404, {"error": "model 'versioned' has no version '9'"})
+
+
+def test_gzip_body_and_nested_data_are_served(http):
+    body = json.dumps({"inputs": [x_input(data=X.tolist())]}).encode()
+    answer = http.post("/v2/models/affine/infer", content=gzip.compress(body), headers={"Content-Encoding": "gzip"})
+    assert answer.status_code == 200
+    assert answer.json()["outputs"][0]["data"] == (X * 2 + 1).reshape(-1).tolist()
+    bomb = http.post("/v2/models/affine/infer", content=b"\x1f\x8bnot gzip", headers={"Content-Encoding": "gzip"})
+    assert (bomb.status_code, bomb.json()) == (400, {"error": "the request body is not valid gzip data"})
+
+
+@pytest.fixture(scope="module")
+def stub(server) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
+    with grpc.insecure_channel(f"127.0.0.1:{server[1]}") as channel:
+        yield pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+def grpc_error(call, request) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        call(request, timeout=10)
+    return info.value.code(), info.value.details()
+
+
+def test_grpc_raw_contents_checked(stub):
+    request = pb.ModelInferRequest(model_name="affine")
+    request.inputs.add(name="x", datatype="FP32", shape=[2, 4])
+    request.raw_input_contents.append(X.tobytes()[:-1])
+    assert grpc_error(stub.ModelInfer, request) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "input 'x': 31 bytes of data, expected 32 for shape [2, 4] of FP32")
+    request.raw_input_contents.append(b"extra")
+    code, message = grpc_error(stub.ModelInfer, request)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "2 buffers for 1 inputs" in message
+    negative = pb.ModelInferRequest(model_name="affine")
+    negative.inputs.add(name="x", datatype="FP32", shape=[-2, 4])
+    negative.raw_input_contents.append(b"")
+    assert grpc_error(stub.ModelInfer, negative)[0] == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_grpc_good_request_after_bad_ones(stub):
+    request = pb.ModelInferRequest(model_name="affine", id="after")
+    request.inputs.add(name="x", datatype="FP32", shape=[2, 4])
+    request.raw_input_contents.append(X.tobytes())
+    answer = stub.ModelInfer(request, timeout=10)
+    assert answer.id == "after" and [o.name for o in answer.outputs] == ["y", "total"]
+    np.testing.assert_array_equal(np.frombuffer(answer.raw_output_contents[0], np.float32).reshape(2, 4), X * 2 + 1)
