@@ -1,0 +1,1 @@
+"""kernel-jobs: an AIME API server compatible job queue for kernel."""

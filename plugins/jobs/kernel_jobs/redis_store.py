@@ -1,0 +1,295 @@
+"""Jobs kept in Redis, so several kernel processes serve one set of queues and a
+restarted process loses nothing.
+
+Keys under the prefix P: `P:job:<id>` the job as JSON; `P:q:<type>` ids waiting, head
+first; `P:run:<type>` ids taken by a worker; `P:done:<id>` a wake-up for the client
+waiting on that job; `P:workers:<type>` and `P:mean` for estimates. A worker's take moves
+the id from the queue to the run list in one command (BLMOVE), so a process that dies
+right after still leaves it where the sweep finds and requeues it. Every change of state
+is one Lua script, so two processes never both finish, claim or requeue a job. Nested
+values (job data, progress, result) travel as JSON strings inside the job, because Lua's
+JSON codec cannot tell an empty list from an empty object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from kernel_jobs.store import Job, Store, next_mean
+
+NESTED = ("data", "progress", "result")
+
+
+def dump(job: Job) -> str:
+    return json.dumps({k: json.dumps(v) if k in NESTED else v for k, v in job.items()})
+
+
+def load(raw: bytes | str) -> Job:
+    job = json.loads(raw)
+    for key in NESTED:
+        if isinstance(job.get(key), str):
+            job[key] = json.loads(job[key])
+    return job
+
+#: Longest single blocking Redis call, so a worker that hangs up is noticed quickly.
+SLICE = 1.0
+
+SUBMIT = """
+if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('RPUSH', KEYS[2], ARGV[2])
+return 1
+"""
+
+START = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then redis.call('LREM', KEYS[2], 0, ARGV[1]) return nil end
+local job = cjson.decode(raw)
+if job.state ~= 'queued' then redis.call('LREM', KEYS[2], 0, ARGV[1]) return nil end
+job.state = 'processing'
+job.worker = ARGV[2]
+job.start_time_compute = tonumber(ARGV[3])
+job.last_update = tonumber(ARGV[3])
+job.stuck_since = nil
+raw = cjson.encode(job)
+redis.call('SET', KEYS[1], raw)
+return raw
+"""
+
+REQUEUE = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local job = cjson.decode(raw)
+if job.state ~= 'processing' then return 0 end
+job.state = 'queued'
+job.worker = nil
+job.start_time_compute = nil
+redis.call('SET', KEYS[1], cjson.encode(job))
+redis.call('LREM', KEYS[2], 0, ARGV[1])
+redis.call('LPUSH', KEYS[3], ARGV[1])
+return 1
+"""
+
+PROGRESS = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local job = cjson.decode(raw)
+if job.state ~= 'processing' then return 0 end
+job.progress = ARGV[1]
+job.last_update = tonumber(ARGV[2])
+redis.call('SET', KEYS[1], cjson.encode(job))
+return 1
+"""
+
+FINISH = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return nil end
+local job = cjson.decode(raw)
+if job.state ~= 'queued' and job.state ~= 'processing' then return nil end
+job.state = 'done'
+job.result = ARGV[2]
+job.result_received_time = tonumber(ARGV[3])
+raw = cjson.encode(job)
+local ttl = math.ceil(job.result_lifetime)
+redis.call('SET', KEYS[1], raw, 'EX', ttl)
+redis.call('LREM', KEYS[2], 0, ARGV[1])
+redis.call('LREM', KEYS[3], 0, ARGV[1])
+redis.call('RPUSH', KEYS[4], '1')
+redis.call('EXPIRE', KEYS[4], ttl)
+return raw
+"""
+
+CLAIM = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return nil end
+if cjson.decode(raw).state ~= 'done' then return nil end
+redis.call('DEL', KEYS[1], KEYS[2])
+return raw
+"""
+
+SWEEP = """
+local now = tonumber(ARGV[1])
+local prefix = ARGV[2]
+for _, id in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+  local key = prefix .. ':job:' .. id
+  local raw = redis.call('GET', key)
+  if not raw then
+    redis.call('LREM', KEYS[2], 0, id)
+  else
+    local job = cjson.decode(raw)
+    local requeue = false
+    if job.state == 'processing' then
+      requeue = now - job.last_update > job.inactivity_timeout
+    elseif job.state == 'queued' then
+      -- taken from the queue by a process that died before it marked the job processing
+      if job.stuck_since == nil then
+        job.stuck_since = now
+        redis.call('SET', key, cjson.encode(job))
+      else
+        requeue = now - job.stuck_since > job.inactivity_timeout
+      end
+    else
+      redis.call('LREM', KEYS[2], 0, id)
+    end
+    if requeue then
+      job.state = 'queued'
+      job.worker = nil
+      job.start_time_compute = nil
+      job.stuck_since = nil
+      redis.call('SET', key, cjson.encode(job))
+      redis.call('LREM', KEYS[2], 0, id)
+      redis.call('LPUSH', KEYS[1], id)
+    end
+  end
+end
+for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  local key = prefix .. ':job:' .. id
+  local raw = redis.call('GET', key)
+  if not raw then
+    redis.call('LREM', KEYS[1], 0, id)
+  else
+    local job = cjson.decode(raw)
+    if job.state == 'queued' and now - job.start_time > job.max_time_in_queue then
+      job.state = 'lapsed'
+      redis.call('SET', key, cjson.encode(job), 'EX', math.ceil(job.result_lifetime))
+      redis.call('LREM', KEYS[1], 0, id)
+      redis.call('RPUSH', prefix .. ':done:' .. id, '1')
+      redis.call('EXPIRE', prefix .. ':done:' .. id, math.ceil(job.result_lifetime))
+    end
+  end
+end
+return 0
+"""
+
+
+class RedisStore(Store):
+    def __init__(self, url: str, prefix: str, job_types: list[str]) -> None:
+        self.url = url
+        self.p = prefix
+        self.job_types = job_types
+        self.redis: Any = None
+
+    async def start(self) -> None:
+        import redis.asyncio as redis  # imported here: the server starts fast without Redis
+
+        self.redis = redis.Redis.from_url(self.url)
+        await self.redis.ping()
+        self._submit = self.redis.register_script(SUBMIT)
+        self._start = self.redis.register_script(START)
+        self._requeue = self.redis.register_script(REQUEUE)
+        self._progress = self.redis.register_script(PROGRESS)
+        self._finish = self.redis.register_script(FINISH)
+        self._claim = self.redis.register_script(CLAIM)
+        self._sweep = self.redis.register_script(SWEEP)
+
+    async def close(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    def _job(self, job_id: str) -> str:
+        return f"{self.p}:job:{job_id}"
+
+    def _q(self, job_type: str) -> str:
+        return f"{self.p}:q:{job_type}"
+
+    def _run(self, job_type: str) -> str:
+        return f"{self.p}:run:{job_type}"
+
+    async def _type_of(self, job_id: str) -> str | None:
+        job = await self.job(job_id)
+        return job["job_type"] if job else None
+
+    async def submit(self, job: Job, max_queue: int) -> bool:
+        job["state"] = "queued"
+        keys = [self._job(job["id"]), self._q(job["job_type"])]
+        return bool(await self._submit(keys=keys, args=[dump(job), job["id"], max_queue]))
+
+    async def take(self, job_type: str, worker: str, timeout: float, gone: asyncio.Event) -> Job | None:
+        if timeout <= 0:  # filling a batch: only what is already waiting
+            raw_id = await self.redis.lmove(self._q(job_type), self._run(job_type), "LEFT", "RIGHT")
+            return await self._begin(job_type, raw_id, worker) if raw_id is not None else None
+        deadline = time.monotonic() + timeout
+        while not gone.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            # BLMOVE rounds its timeout to what the server supports; keep slices short.
+            raw_id = await self.redis.blmove(self._q(job_type), self._run(job_type),
+                                             max(0.01, min(SLICE, left)), "LEFT", "RIGHT")
+            if raw_id is None:
+                continue
+            job = await self._begin(job_type, raw_id, worker)
+            if job is None:
+                continue
+            if gone.is_set():
+                await self.requeue(job["id"])
+                return None
+            return job
+        return None
+
+    async def _begin(self, job_type: str, raw_id: bytes, worker: str) -> Job | None:
+        job_id = raw_id.decode()
+        raw = await self._start(keys=[self._job(job_id), self._run(job_type)], args=[job_id, worker, time.time()])
+        return load(raw) if raw else None
+
+    async def requeue(self, job_id: str) -> None:
+        job_type = await self._type_of(job_id)
+        if job_type is not None:
+            await self._requeue(keys=[self._job(job_id), self._run(job_type), self._q(job_type)], args=[job_id])
+
+    async def progress(self, job_id: str, progress: Any, data: Any) -> bool:
+        payload = json.dumps({"progress": progress, "progress_data": data})
+        return bool(await self._progress(keys=[self._job(job_id)], args=[payload, time.time()]))
+
+    async def finish(self, job_id: str, result: dict[str, Any]) -> Job | None:
+        job_type = await self._type_of(job_id)
+        if job_type is None:
+            return None
+        keys = [self._job(job_id), self._run(job_type), self._q(job_type), f"{self.p}:done:{job_id}"]
+        raw = await self._finish(keys=keys, args=[job_id, json.dumps(result), time.time()])
+        return load(raw) if raw else None
+
+    async def job(self, job_id: str) -> Job | None:
+        raw = await self.redis.get(self._job(job_id))
+        return load(raw) if raw else None
+
+    async def claim(self, job_id: str) -> Job | None:
+        raw = await self._claim(keys=[self._job(job_id), f"{self.p}:done:{job_id}"])
+        return load(raw) if raw else None
+
+    async def wait_done(self, job_id: str, timeout: float) -> None:
+        # Leave the wake-up in place: another process's waiter or poller may need it too.
+        key = f"{self.p}:done:{job_id}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if await self.redis.exists(key):
+                return
+            await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
+    async def position(self, job: Job) -> int:
+        if job["state"] != "queued":
+            return 0
+        index = await self.redis.lpos(self._q(job["job_type"]), job["id"])
+        return int(index or 0)
+
+    async def sweep(self, now: float) -> None:
+        for job_type in self.job_types:
+            await self._sweep(keys=[self._q(job_type), self._run(job_type)], args=[now, self.p])
+
+    async def seen_worker(self, job_type: str, name: str, info: dict[str, Any]) -> None:
+        await self.redis.hset(f"{self.p}:workers:{job_type}", name, json.dumps(info))
+
+    async def workers(self, job_type: str) -> dict[str, dict[str, Any]]:
+        raw = await self.redis.hgetall(f"{self.p}:workers:{job_type}")
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+    async def record_duration(self, job_type: str, seconds: float) -> None:
+        old = await self.mean_duration(job_type)
+        await self.redis.hset(f"{self.p}:mean", job_type, next_mean(old, seconds))
+
+    async def mean_duration(self, job_type: str) -> float | None:
+        raw = await self.redis.hget(f"{self.p}:mean", job_type)
+        return float(raw) if raw else None

