@@ -1,0 +1,1 @@
+"""kernel-streams: the PTG data store as a kernel plugin (`kernel serve --plugins streams`)."""

@@ -1,0 +1,231 @@
+"""PTG's WebSockets: `/data/{sid}/push` and `/data/{sid}/pull`.
+
+Both hold a bounded amount of data per socket. A push reads at most `push_queue` messages
+ahead of Redis, then stops reading (TCP slows the sender); a pull reads the next batch from
+Redis only after the last one was handed to the socket, whose send waits while the client
+is slow. Errors close the socket with a code and a reason: 1003 wrong frame type, 1007 a
+malformed batch, 1008 a bad query or an entry Redis refused, 1013 the data store is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from litestar import WebSocket, websocket
+from litestar.exceptions import WebSocketDisconnect
+
+import kernel
+from kernel_streams import framing, params
+from kernel_streams.rest import GUARD, cursors
+from kernel_streams.runtime import runtime
+from kernel_streams.store import StoreUnavailable
+
+log = logging.getLogger("kernel.streams")
+
+WRONG_TYPE, BAD_DATA, POLICY, TRY_LATER = 1003, 1007, 1008, 1013
+#: Push messages written to Redis in one round trip at most.
+_GROUP = 64
+
+
+class _Closed(Exception):
+    """The client went away."""
+
+
+class _Refuse(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+async def _receive(socket: WebSocket) -> dict[str, Any]:
+    try:
+        message = await socket.receive()
+    except WebSocketDisconnect:
+        raise _Closed from None
+    if message["type"] == "websocket.disconnect":
+        raise _Closed
+    return message
+
+
+async def _close(socket: WebSocket, code: int, reason: str) -> None:
+    reason = reason.encode()[:120].decode(errors="ignore")
+    with contextlib.suppress(Exception):
+        await socket.close(code=code, reason=reason)
+
+
+def _refusal(exc: Exception) -> tuple[int, str]:
+    if isinstance(exc, _Refuse):
+        return exc.code, exc.reason
+    if isinstance(exc, framing.BadFrame):
+        return BAD_DATA, exc.detail
+    if isinstance(exc, StoreUnavailable):
+        return TRY_LATER, exc.detail
+    if isinstance(exc, kernel.KernelError):
+        return POLICY, exc.detail
+    log.error("unexpected error on a stream socket", exc_info=exc)
+    return 1011, "internal server error"
+
+
+# -- push ----------------------------------------------------------------------------------
+
+
+@websocket("/data/{sid:str}/push", guards=GUARD)
+async def push(socket: WebSocket, sid: str) -> None:
+    """Entries in: one binary frame each, or with `batch` a JSON header then one blob;
+    with `ack` each message is answered by its comma-joined entry ids."""
+    rt = runtime(socket)
+    query = socket.query_params
+    await socket.accept()
+    try:
+        batch = bool(params.flag(query, "batch"))
+        ack = bool(params.flag(query, "ack"))
+        targets = None if sid == "*" else framing.split_stream_ids(sid)
+        if (targets is None or len(targets) > 1) and not batch:
+            raise kernel.BadRequest("pushing to several streams needs batch=true")
+    except kernel.BadRequest as exc:
+        await _close(socket, POLICY, exc.detail)
+        return
+    queue: asyncio.Queue[list[tuple[str, str, Any]] | BaseException | None] = asyncio.Queue(rt.config.push_queue)
+
+    async def read() -> None:
+        try:
+            while True:
+                items = None
+                if batch:
+                    message = await _receive(socket)
+                    if message.get("text") is None:
+                        raise _Refuse(WRONG_TYPE, "expected the batch header as a text frame")
+                    items = framing.parse_header(message["text"])
+                message = await _receive(socket)
+                blob = message.get("bytes")
+                if blob is None:
+                    raise _Refuse(WRONG_TYPE, "expected entry data as a binary frame")
+                if items is None:
+                    entries = [(targets[0], "*", blob)]  # type: ignore[index]
+                else:
+                    entries = framing.split_batch(items, blob, targets)
+                await queue.put(entries)
+        except _Closed:
+            await queue.put(None)
+        except Exception as exc:  # noqa: BLE001 -- ends the socket after what came before is stored
+            await queue.put(exc)
+
+    reader = asyncio.create_task(read())
+    try:
+        while True:
+            group = [await queue.get()]
+            while len(group) < _GROUP and not queue.empty() and isinstance(group[-1], list):
+                group.append(queue.get_nowait())
+            end = group.pop() if not isinstance(group[-1], list) else False
+            if group:
+                ids = await rt.store.add([e for msg in group for e in msg])
+                if ack:
+                    at = 0
+                    for msg in group:
+                        await socket.send_text(",".join(ids[at:at + len(msg)]))
+                        at += len(msg)
+            if end is None:
+                return
+            if end is not False:
+                raise end
+    except (_Closed, WebSocketDisconnect):
+        return
+    except Exception as exc:  # noqa: BLE001 -- every failure closes the socket with a code
+        code, reason = _refusal(exc)
+        await _close(socket, code, reason)
+    finally:
+        reader.cancel()
+        with contextlib.suppress(BaseException):
+            await reader
+
+
+# -- pull ----------------------------------------------------------------------------------
+
+
+@websocket("/data/{sid:str}/pull", guards=GUARD)
+async def pull(socket: WebSocket, sid: str) -> None:
+    """Entries out, as a JSON header `[[sid, id, start], ...]` then one blob, for ever:
+    blocking in Redis until entries arrive; with `timeout` (ms) closing when none do;
+    with `ack` waiting for any client message after each batch."""
+    rt = runtime(socket)
+    config = rt.config
+    query = socket.query_params
+    await socket.accept()
+    try:
+        sids = framing.split_stream_ids(sid)
+        count = params.integer(query, "count", 1, high=config.max_count) or 1
+        first = cursors(sids, query.get("last_entry_id") or "$")
+        latest = params.flag(query, "latest", None)
+        if latest is None:  # live view for `$`: each batch is the newest; otherwise every entry in order
+            latest = all(v == "$" for v in first.values())
+        timeout = params.integer(query, "timeout", None)
+        ack = bool(params.flag(query, "ack"))
+    except kernel.BadRequest as exc:
+        await _close(socket, POLICY, exc.detail)
+        return
+    acks: asyncio.Queue[None] = asyncio.Queue(1)
+
+    async def watch() -> None:
+        """Notice the client leaving (even while Redis blocks) and collect acks."""
+        with contextlib.suppress(_Closed):
+            while True:
+                await _receive(socket)
+                if ack:
+                    await acks.put(None)
+
+    async def send(entries: list[tuple[str, str, bytes]]) -> None:
+        header, blob = framing.pack(entries)
+        await socket.send_text(header.decode())
+        await socket.send_bytes(blob)
+        if ack:
+            await acks.get()
+
+    async def run() -> None:
+        store = rt.store
+        cursor = dict(first)
+        dollar = [s for s, v in cursor.items() if v == "$"]
+        if dollar:
+            cursor.update(await store.last_ids(dollar))
+        star = [s for s, v in cursor.items() if v == "*"]
+        if star:
+            newest = await store.latest(star, count)
+            cursor.update({s: "0-0" for s in star})
+            cursor.update({s: i for s, i, _ in newest})
+            if newest:
+                await send(newest)
+        block = timeout or config.block_ms
+        while True:
+            entries = await store.latest(sids, count, after=cursor) if latest else []
+            if not entries:
+                entries = await store.read(cursor, count, block)
+            if not entries:
+                if timeout:
+                    await _close(socket, 1000, "no entries within the timeout")
+                    return
+                continue
+            for s, i, _ in entries:
+                cursor[s] = i
+            await send(entries)
+
+    watcher = asyncio.create_task(watch())
+    runner = asyncio.create_task(run())
+    try:
+        await asyncio.wait([watcher, runner], return_when=asyncio.FIRST_COMPLETED)
+        if runner.done() and not runner.cancelled() and runner.exception() is not None:
+            exc = runner.exception()
+            if not isinstance(exc, (_Closed, WebSocketDisconnect)):
+                code, reason = _refusal(exc)  # type: ignore[arg-type]
+                await _close(socket, code, reason)
+    finally:
+        for task in (watcher, runner):
+            task.cancel()
+        for task in (watcher, runner):
+            with contextlib.suppress(BaseException):
+                await task
+
+
+ROUTES = [push, pull]

@@ -1,0 +1,236 @@
+"""The data store: Redis streams behind the few operations PTG needs.
+
+Entries are `XADD <stream> MAXLEN ~ <n> <id> d <bytes>`; a stream's metadata is JSON at
+`XMETA:<stream>`, as PTG keeps them, so tools that read PTG's Redis directly still work.
+A lost connection is retried for `retry_s` seconds (a Redis restart), then the caller gets
+`StoreUnavailable`. Retried writes are at-least-once: a write whose reply was lost may land
+twice, never zero times once acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import kernel
+
+log = logging.getLogger("kernel.streams")
+T = TypeVar("T")
+META = "XMETA"
+#: How long a stream's `max_len` meta is trusted before it is read again.
+_META_FRESH_S = 5.0
+
+Entry = tuple[str, str, bytes]
+
+
+class StoreUnavailable(kernel.Unavailable):
+    """Redis did not answer within the retry window."""
+
+
+def _text(value: Any) -> Any:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _iso(entry_id: str) -> str:
+    return datetime.datetime.fromtimestamp(int(entry_id.split("-")[0]) / 1000).isoformat(sep=" ")
+
+
+class StreamStore:
+    def __init__(self, url: str, *, max_len: int, retry_s: float, connections: int) -> None:
+        import redis.asyncio as aioredis
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeout
+        from redis.retry import Retry
+
+        self._lost = (RedisConnectionError, RedisTimeout, OSError)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=connections, timeout=max(retry_s, 1.0), protocol=2,
+            retry=Retry(NoBackoff(), 0), socket_connect_timeout=max(retry_s, 1.0),
+        )
+        self.redis = aioredis.Redis(connection_pool=pool)
+        self.url = url
+        self.max_len = max_len
+        self.retry_s = retry_s
+        self._max_lens: dict[str, tuple[float, int]] = {}
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def _run(self, op: Callable[[], Awaitable[T]]) -> T:
+        """`op()`, retried while Redis is unreachable, for at most `retry_s` seconds."""
+        deadline = time.monotonic() + self.retry_s
+        pause = 0.05
+        while True:
+            try:
+                return await op()
+            except self._lost as exc:
+                if time.monotonic() + pause > deadline:
+                    log.error("data store unreachable: %s", type(exc).__name__)
+                    raise StoreUnavailable("data store unavailable; try again") from None
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.5)
+
+    async def ping(self) -> bool:
+        return bool(await self._run(self.redis.ping))
+
+    # -- entries ---------------------------------------------------------------------------
+
+    async def _stream_max_len(self, sid: str) -> int:
+        now = time.monotonic()
+        cached = self._max_lens.get(sid)
+        if cached and cached[0] > now:
+            return cached[1]
+        meta = _meta_dict(await self.redis.get(f"{META}:{sid}"))
+        value = meta.get("max_len") if meta else None
+        n = value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else self.max_len
+        self._max_lens[sid] = (now + _META_FRESH_S, n)
+        return n
+
+    async def add(self, entries: Sequence[tuple[str, str, Any]]) -> list[str]:
+        """Append entries (stream, XADD id, data) all or none; their new ids, in order."""
+
+        async def op() -> list[Any]:
+            limits = {sid: await self._stream_max_len(sid) for sid in {e[0] for e in entries}}
+            async with self.redis.pipeline(transaction=len(entries) > 1) as pipe:
+                for sid, entry_id, data in entries:
+                    pipe.xadd(sid, {b"d": data}, id=entry_id, maxlen=limits[sid], approximate=True)
+                return await pipe.execute(raise_on_error=False)
+
+        results = await self._run(op)
+        failed = next((r for r in results if isinstance(r, Exception)), None)
+        if failed is not None:
+            if isinstance(failed, self._lost):
+                raise StoreUnavailable("data store unavailable; try again")
+            raise kernel.BadRequest(f"the data store refused an entry: {failed}")
+        return [_text(r) for r in results]
+
+    async def latest(self, sids: Sequence[str], count: int, after: dict[str, str] | None = None) -> list[Entry]:
+        """The newest `count` entries of each stream (newer than `after[sid]` when given), oldest first."""
+
+        async def op() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for sid in sids:
+                    low = f"({after[sid]}" if after and after.get(sid) else "-"
+                    pipe.xrevrange(sid, "+", low, count=count)
+                return await pipe.execute()
+
+        results = await self._run(op)
+        return [(sid, _text(i), f.get(b"d", b"")) for sid, rows in zip(sids, results)
+                for i, f in reversed(rows)]
+
+    async def read(self, after: dict[str, str], count: int, block_ms: int | None = None) -> list[Entry]:
+        """Entries after `after[sid]` per stream (XREAD), waiting up to `block_ms` for one."""
+        rows = await self._run(lambda: self.redis.xread(after, count=count, block=block_ms))
+        return [(_text(sid), _text(i), f.get(b"d", b"")) for sid, entries in rows or [] for i, f in entries]
+
+    async def last_ids(self, sids: Sequence[str]) -> dict[str, str]:
+        """Each stream's newest entry id (`0-0` for an empty or missing stream)."""
+
+        async def op() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for sid in sids:
+                    pipe.xrevrange(sid, "+", "-", count=1)
+                return await pipe.execute()
+
+        results = await self._run(op)
+        return {sid: _text(rows[0][0]) if rows else "0-0" for sid, rows in zip(sids, results)}
+
+    # -- streams ---------------------------------------------------------------------------
+
+    async def list_streams(self) -> list[str]:
+        async def op() -> list[str]:
+            return sorted([_text(k) async for k in self.redis.scan_iter(_type="stream", count=1000)])
+
+        return await self._run(op)
+
+    async def info(self, sids: Iterable[str]) -> list[dict[str, Any]]:
+        """PTG's stream info: XINFO STREAM fields, first/last entry ids and times, and meta."""
+        from redis.exceptions import ResponseError
+
+        sids = list(sids)
+
+        async def op() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for sid in sids:
+                    pipe.get(f"{META}:{sid}")
+                    pipe.xinfo_stream(sid)
+                return await pipe.execute(raise_on_error=False)
+
+        results = await self._run(op)
+        out = []
+        for sid, meta, info in zip(sids, results[::2], results[1::2]):
+            entry: dict[str, Any] = {"sid": sid}
+            if isinstance(info, ResponseError):
+                entry["error"] = str(info)
+            elif isinstance(info, Exception):
+                raise StoreUnavailable("data store unavailable; try again")
+            else:
+                entry.update({str(k): _info_value(v) for k, v in info.items()})
+                for key in ("first-entry", "last-entry"):
+                    if entry.get(key):
+                        entry[key] = entry[key][0]
+                        entry[f"{key}-time"] = _iso(entry[key])
+            entry["meta"] = _text(meta)
+            out.append(entry)
+        return out
+
+    async def get_meta(self, sid: str) -> str | None:
+        return _text(await self._run(lambda: self.redis.get(f"{META}:{sid}")))
+
+    async def set_meta(self, sid: str, meta: dict[str, Any], *, update: bool) -> str | None:
+        """Store `meta` (merged into the old meta when `update`); the stored JSON text."""
+        key = f"{META}:{sid}"
+
+        async def op() -> Any:
+            if update:
+                previous = _meta_dict(await self.redis.get(key))
+                merged = {**(previous or {}), **meta}
+            else:
+                merged = meta
+            await self.redis.set(key, json.dumps(merged))
+            return await self.redis.get(key)
+
+        stored = await self._run(op)
+        self._max_lens.pop(sid, None)
+        return _text(stored)
+
+    async def delete(self, sids: Sequence[str]) -> list[int]:
+        """Delete streams and their meta; PTG's answer: (meta deleted, entries trimmed, stream deleted) each."""
+
+        async def op() -> list[Any]:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for sid in sids:
+                    pipe.delete(f"{META}:{sid}")
+                    pipe.xtrim(sid, maxlen=0, approximate=False)
+                    pipe.delete(sid)
+                return await pipe.execute(raise_on_error=False)
+
+        results = await self._run(op)
+        for sid in sids:
+            self._max_lens.pop(sid, None)
+        # XTRIM of a key that holds no stream fails; PTG's shape counts it as 0 trimmed.
+        return [r if isinstance(r, int) else 0 for r in results]
+
+
+def _meta_dict(raw: Any) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _info_value(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_info_value(v) for v in value]
+    if isinstance(value, dict):
+        return {_text(k): _info_value(v) for k, v in value.items()}
+    return _text(value)

@@ -1,0 +1,116 @@
+"""The users file `/token` checks passwords against, and a command to add users to it.
+
+One user a line, `name:scrypt$<log2 n>$<r>$<p>$<salt, base64>$<hash, base64>`; blank lines
+and lines starting with `#` are ignored. Add or replace a user with
+`python -m kernel_streams.users FILE NAME` (the password is read from the terminal, or
+from standard input when it is not a terminal).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import sys
+from pathlib import Path
+
+import kernel
+
+_SCHEME = "scrypt"
+_LOG2_N, _R, _P = 14, 8, 1
+
+
+def hash_password(password: str, *, salt: bytes | None = None, log2_n: int = _LOG2_N) -> str:
+    salt = salt or os.urandom(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**log2_n, r=_R, p=_P, maxmem=2**26)
+    b64 = base64.b64encode
+    return f"{_SCHEME}${log2_n}${_R}${_P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def check_password(password: str, encoded: str) -> bool:
+    """Whether `password` matches `encoded` (constant time in the digest compare)."""
+    try:
+        scheme, log2_n, r, p, salt, digest = encoded.split("$")
+        if scheme != _SCHEME:
+            return False
+        expected = base64.b64decode(digest)
+        actual = hashlib.scrypt(
+            password.encode(), salt=base64.b64decode(salt), n=2 ** int(log2_n), r=int(r), p=int(p),
+            maxmem=2**26, dklen=len(expected),
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+#: Checked for unknown users, so a wrong name costs as long as a wrong password.
+_DUMMY = hash_password("", salt=b"\0" * 16)
+
+
+def load_users(path: str) -> dict[str, str]:
+    """{name: encoded hash} from a users file; a malformed line is a StartupError naming it."""
+    users: dict[str, str] = {}
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise kernel.StartupError(f"--streams-users: cannot read {path}: {exc.strerror}") from None
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, encoded = line.partition(":")
+        if not sep or not name or not encoded.startswith(_SCHEME + "$") or encoded.count("$") != 5:
+            raise kernel.StartupError(
+                f"--streams-users: {path} line {number}: expected `name:{_SCHEME}$...` "
+                "(make lines with `python -m kernel_streams.users FILE NAME`)"
+            )
+        users[name] = encoded
+    return users
+
+
+class Users:
+    """Who may log in: the users file, and PTG's development rule when enabled."""
+
+    def __init__(self, users: dict[str, str], dev_login: bool) -> None:
+        self._users = users
+        self._dev_login = dev_login
+
+    def check(self, name: str, password: str) -> bool:
+        """Blocking (scrypt): call it in a thread."""
+        if not name or not password:
+            return False
+        encoded = self._users.get(name)
+        if encoded is not None:
+            return check_password(password, encoded)
+        check_password(password, _DUMMY)  # the time a known user's check takes
+        return self._dev_login and hmac.compare_digest(name.encode(), password.encode())
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m kernel_streams.users FILE NAME", file=sys.stderr)
+        return 2
+    path, name = Path(argv[0]), argv[1]
+    if not name or ":" in name or any(c.isspace() for c in name):
+        print("a user name may not be empty or hold ':' or spaces", file=sys.stderr)
+        return 2
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass(f"password for {name}: ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        print("empty password refused", file=sys.stderr)
+        return 2
+    kept = []
+    if path.exists():
+        kept = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.partition(":")[0] != name]
+    path.write_text("\n".join([*kept, f"{name}:{hash_password(password)}"]) + "\n", encoding="utf-8")
+    os.chmod(path, 0o600)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

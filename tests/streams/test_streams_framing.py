@@ -1,0 +1,68 @@
+"""PTG's batch framing and the users file, without a server."""
+
+from __future__ import annotations
+
+import pytest
+from kernel_streams import framing
+from kernel_streams.users import Users, check_password, hash_password, load_users
+
+import kernel
+
+
+def _split(items, blob, sids=None):
+    return [(s, i, bytes(d)) for s, i, d in framing.split_batch(items, blob, sids)]
+
+
+def test_end_offsets_as_ptgctl_sends_them():
+    assert _split([1, 3, 6], b"abbccc", ["cam"]) == [("cam", "*", b"a"), ("cam", "*", b"bb"), ("cam", "*", b"ccc")]
+
+
+def test_start_offsets_as_the_readme_shows_them():
+    assert _split([["l", 0], ["r", 2]], b"aabbb") == [("l", "*", b"aa"), ("r", "*", b"bbb")]
+
+
+def test_entry_ids_and_single_stream_paths_win_over_header_streams():
+    assert _split([["x", "5-1", 2], ["y", None, 3]], b"abc", ["cam"]) == [("cam", "5-1", b"ab"), ("cam", "*", b"c")]
+
+
+@pytest.mark.parametrize(("items", "blob", "sids"), [
+    ([2, 9], b"abc", ["s"]),            # past the end
+    ([3, 2], b"abc", ["s"]),            # out of order
+    ([0, 5], b"abc", ["s"]),            # start offset past the end
+    ([2], b"abc", ["s"]),               # trailing bytes would be lost
+    ([1, 3], b"abc", None),             # `*` needs stream ids
+    ([["s", "bad id", 3]], b"abc", None),
+    ([["s", True]], b"abc", None),
+    ([["a b", 3]], b"abc", None),
+    (["3"], b"abc", ["s"]),
+])
+def test_bad_batches_are_refused(items, blob, sids):
+    with pytest.raises(framing.BadFrame):
+        framing.split_batch(items, blob, sids)
+
+
+def test_pack_gives_start_offsets():
+    header, blob = framing.pack([("a", "1-0", b"xy"), ("b", "2-0", b"z")])
+    assert header == b'[["a","1-0",0],["b","2-0",2]]' and blob == b"xyz"
+
+
+@pytest.mark.parametrize("sid", ["", "*", "a+b", "a b", "x" * 300, "tab\there"])
+def test_bad_stream_ids(sid):
+    with pytest.raises(kernel.BadRequest):
+        framing.check_stream_id(sid)
+
+
+def test_password_hashes_and_the_dev_rule(tmp_path):
+    encoded = hash_password("pw", log2_n=10)
+    assert check_password("pw", encoded) and not check_password("pW", encoded)
+    assert not check_password("pw", "scrypt$garbage")
+    path = tmp_path / "users"
+    path.write_text(f"# comment\n\nalice:{encoded}\n")
+    users = load_users(str(path))
+    assert Users(users, dev_login=False).check("alice", "pw")
+    assert not Users(users, dev_login=False).check("bob", "bob")
+    assert Users(users, dev_login=True).check("bob", "bob")
+    assert not Users(users, dev_login=True).check("alice", "alice")  # a known user needs their password
+    path.write_text("alice:plaintext\n")
+    with pytest.raises(kernel.StartupError, match="line 1"):
+        load_users(str(path))
