@@ -1,0 +1,213 @@
+"""The zoo plugin against the original `dg_zoo_server` 0.3.0 and `python -m http.server`,
+serving the same files in one run: listing latency of a zoo of 500 archives, download
+throughput of a 100 MB archive with 1 and 8 clients, upload time of that archive and the
+server's peak memory (VmHWM) after the upload. Every loop is bounded in count and time;
+servers listen on loopback only. Run from the repository root:
+
+    python -m bench.zoo [--models 500] [--size-mb 100] [--listings 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tests.clientenv import client_python
+from tests.conftest import Server, free_port
+from tests.zoo.zoo_archives import params, write_archive
+
+TOKEN = "dg_bench_admin_token"
+ORIGINAL = ["dg_zoo_server==0.3.0"]
+RUN_ORIGINAL = (
+    "import sys, uvicorn, dg_zoo_server; "
+    "uvicorn.run(dg_zoo_server.app, host='127.0.0.1', port=int(sys.argv[2]), log_level='warning')"
+)
+
+
+class Proc:
+    """A server subprocess on loopback: its port and pid."""
+
+    def __init__(self, name: str, port: int, proc: subprocess.Popen | None = None, server: Server | None = None):
+        self.name, self.proc, self.server = name, proc, server
+        self.port = server.port if server else port
+        self.pid = (server.proc if server else proc).pid  # type: ignore[union-attr]
+
+    def wait(self, path: str, timeout: float = 60) -> Proc:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and (self.proc is None or self.proc.poll() is None):
+            try:
+                if request(self.port, "GET", path)[0] < 500:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not start")
+
+    def stop(self) -> None:
+        if self.server:
+            self.server.stop()
+        elif self.proc:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None,
+            headers: dict[str, str] | None = None, sink: memoryview | None = None) -> tuple[int, int]:
+    """One request on a fresh connection; returns (status, body bytes read)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        conn.request(method, path, body=body, headers={"token": TOKEN, **(headers or {})})
+        answer = conn.getresponse()
+        total = 0
+        if sink is None:
+            total = len(answer.read())
+        else:
+            while n := answer.readinto(sink):
+                total += n
+        return answer.status, total
+    finally:
+        conn.close()
+
+
+def build_zoo(root: Path, models: int, size_mb: int) -> tuple[Path, bytes]:
+    binary = os.urandom(4096)
+    for i in range(models):
+        write_archive(root / "bench" / "list", f"model_{i:04d}", binary)
+    big = os.urandom(size_mb * 1024 * 1024)
+    meta = params("big", big, ".bin")
+    folder = root / "bench" / "big"
+    folder.mkdir(parents=True)
+    with zipfile.ZipFile(folder / "big.zip", "w", zipfile.ZIP_STORED) as z:
+        z.writestr("big/big.json", json.dumps(meta))
+        z.writestr("big/big.bin", big)
+    (root / "bench" / "upload").mkdir(parents=True)
+    (root / "tokens.json").write_text(json.dumps({TOKEN: {"is_admin": True, "zoos": []}}))
+    return folder / "big.zip", big
+
+
+def listing(p: Proc, count: int, budget_s: float = 30) -> list[float]:
+    conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=30)
+    times: list[float] = []
+    deadline = time.monotonic() + budget_s
+    for _ in range(count):
+        started = time.perf_counter()
+        conn.request("GET", "/zoo/v1/public/models/bench/list", headers={"token": TOKEN})
+        answer = conn.getresponse()
+        assert answer.status == 200 and len(json.loads(answer.read())) > 0
+        times.append(time.perf_counter() - started)
+        if time.monotonic() > deadline:
+            break
+    conn.close()
+    return times
+
+
+def download_rate(port: int, path: str, size: int, clients: int, rounds: int = 2) -> float:
+    """Aggregate MB/s of `clients` concurrent downloads, best of `rounds`."""
+    def one(_: int) -> int:
+        status, n = request(port, "GET", path, sink=memoryview(bytearray(4 * 1024 * 1024)))
+        assert status == 200 and n == size, (status, n)
+        return n
+
+    best = 0.0
+    with ThreadPoolExecutor(clients) as pool:
+        for _ in range(rounds):
+            started = time.perf_counter()
+            total = sum(pool.map(one, range(clients)))
+            best = max(best, total / 1e6 / (time.perf_counter() - started))
+    return best
+
+
+def upload_seconds(p: Proc, archive: bytes) -> float:
+    boundary = "benchboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.zip\"\r\n"
+            "Content-Type: application/zip\r\n\r\n").encode() + archive + f"\r\n--{boundary}--\r\n".encode()
+    started = time.perf_counter()
+    status, _ = request(p.port, "POST", "/zoo/v1/public/models/bench/upload?allow_overwrite=true", body=body,
+                        headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert status == 201, status
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", type=int, default=500)
+    parser.add_argument("--size-mb", type=int, default=100)
+    parser.add_argument("--listings", type=int, default=200)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "zoo"
+        big_path, _ = build_zoo(root, args.models, args.size_mb)
+        archive, size = big_path.read_bytes(), big_path.stat().st_size
+        original_python = client_python("dg-zoo-server", ORIGINAL)
+        starts: dict[str, Callable[[], Proc]] = {
+            "kernel zoo": lambda: Proc("kernel zoo", 0, server=Server(
+                ["--plugins", "zoo", "--zoo", str(root), "--log-level", "warning"], Path(tmp) / "home",
+            ).wait_ready()),
+            "dg_zoo_server 0.3.0": lambda: _spawn("dg_zoo_server 0.3.0", [
+                str(original_python), "-c", RUN_ORIGINAL, "--zoo", str(root)], root),
+            "http.server": lambda: _spawn("http.server", [
+                sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(root)], root),
+        }
+        rows = []
+        for name, start in starts.items():
+            p = start()
+            try:
+                files = name == "http.server"
+                lat = [] if files else listing(p, args.listings)
+                up = float("nan") if files else upload_seconds(p, archive)
+                peak = p.peak_rss_mb()
+                path = "/bench/big/big.zip" if files else "/zoo/v1/public/models/bench/big/big"
+                one = download_rate(p.port, path, size, 1)
+                eight = download_rate(p.port, path, size, 8)
+                rows.append((name, lat, one, eight, up, peak))
+            finally:
+                p.stop()
+
+    print(f"\n{args.models} archives listed {args.listings} times; a {size / 1e6:.0f} MB archive\n")
+    print("| server | list p50 ms | list p95 ms | download 1 client MB/s | download 8 clients MB/s "
+          "| upload s | peak RSS after upload MB |")
+    print("|---|---|---|---|---|---|---|")
+    for name, lat, one, eight, up, peak in rows:
+        p50 = f"{statistics.median(lat) * 1000:.2f}" if lat else "-"
+        p95 = f"{statistics.quantiles(lat, n=20)[-1] * 1000:.2f}" if len(lat) > 1 else "-"
+        upload = "-" if math.isnan(up) else f"{up:.2f}"
+        print(f"| {name} | {p50} | {p95} | {one:.0f} | {eight:.0f} | {upload} | {peak:.0f} |")
+
+
+def _spawn(name: str, command: list[str], root: Path) -> Proc:
+    port = free_port()
+    if "http.server" in command:
+        command = [*command[:3], str(port), *command[3:]]
+    else:
+        command = [*command[:3], "--port", str(port), *command[3:]]
+    with open(root.parent / f"{port}.log", "wb") as log:
+        proc = subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=log,
+                                stdin=subprocess.DEVNULL)
+    try:
+        return Proc(name, port, proc=proc).wait("/")
+    except RuntimeError:
+        proc.kill()
+        raise RuntimeError(f"{name} did not start: {(root.parent / f'{port}.log').read_text()[-2000:]}") from None
+
+
+if __name__ == "__main__":
+    main()
