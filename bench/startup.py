@@ -47,8 +47,11 @@ def one_run(plugins: list[str], home: str, timeout: float = 30) -> float:
     args = [sys.executable, "-m", "kernel", "serve", "--port", str(port), "--log-level", "warning"]
     if plugins:
         args += ["--plugins", ",".join(plugins)]
+    if "oip" in plugins:
+        args += ["--oip-grpc-port", str(free_port())]
     started = time.perf_counter()
-    server = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # In the temporary home, so plugins' default folders (./zoo) are not made in the checkout.
+    server = subprocess.Popen(args, env=env, cwd=home, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         while time.perf_counter() - started < timeout:
             if server.poll() is not None:
