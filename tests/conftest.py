@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import socket
@@ -25,17 +26,16 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def test_plugins() -> None:
-    """Install the example plugin and the misbehaving test plugins, as a user would."""
-    missing = []
-    for dist, path in (("kernel-hello", "examples/kernel-hello"), ("kernel-testplugins", "tests/testplugins")):
-        probe = subprocess.run([sys.executable, "-m", "pip", "show", "-q", dist], capture_output=True)
-        if probe.returncode != 0:
-            missing += ["-e", str(REPO / path)]
-    if missing:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", *missing],
-            check=True,
-        )
+    """Install the example plugin and the misbehaving test plugins, as a user would.
+
+    A regular (not editable) install: an editable one is importable only by interpreters
+    started after it, and in-process tests need them in this one too."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--force-reinstall", str(REPO / "examples" / "kernel-hello"), str(REPO / "tests" / "testplugins")],
+        check=True, capture_output=True,
+    )
+    importlib.invalidate_caches()
 
 
 def free_port() -> int:
