@@ -33,12 +33,14 @@ class Worker:
     interface puts stdin in cbreak mode and fails without one."""
 
     def __init__(self, python: Path, server: str, log: Path, step_seconds: float = 0.2,
-                 key: str = WORKER_KEY) -> None:
+                 key: str = WORKER_KEY, max_batch: int | None = None) -> None:
         self.log = log
         self._primary, secondary = pty.openpty()
+        # With `max_batch` the batch worker runs instead, asking for that many jobs at once.
+        script, last = ("aime_worker.py", step_seconds) if max_batch is None else ("aime_batch_worker.py", max_batch)
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [str(python), str(HERE / "aime_worker.py"), server, "echo", key, str(step_seconds)],
+                [str(python), str(HERE / script), server, "echo", key, str(last)],
                 stdin=secondary, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
         os.close(secondary)

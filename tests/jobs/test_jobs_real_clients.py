@@ -93,3 +93,49 @@ def test_long_poll_of_a_vanished_worker_takes_no_job(server: Server) -> None:
     started = time.monotonic()
     idle = httpx.post(f"{server.url}/worker_job_request", json={**ask, "request_timeout": 1}, timeout=5).json()
     assert idle == {"cmd": "no_job"} and time.monotonic() - started < 1.0
+
+
+WORKER = {"job_type": "echo", "auth_key": "worker-key-echo", "auth": "raw", "request_timeout": 2}
+
+
+def test_get_submit_reads_inputs_from_the_query_string(server: Server) -> None:
+    params = {"key": "alice-key", "text": "Hi", "steps": "3", "scale": "2.5", "mode": "lower",
+              "wait_for_result": "false"}
+    r = httpx.get(f"{server.url}/echo", params=params)
+    assert r.status_code == 200 and r.json()["success"] is True, r.text
+    job = httpx.post(f"{server.url}/worker_job_request", json=WORKER, timeout=10).json()
+    assert job["cmd"] == "job"
+    data = job["job_data"][0]
+    assert data["job_id"] == r.json()["job_id"]
+    # Numbers come typed from their text; limits and auto_convert apply as for JSON.
+    assert (data["text"], data["steps"], data["scale"], data["mode"]) == ("Hi", 3, 1.0, "lower")
+    httpx.post(f"{server.url}/worker_job_result", json={**WORKER, "job_id": data["job_id"], "text": "hi"})
+    done = httpx.get(f"{server.url}/echo/progress", params={"key": "alice-key", "job_id": data["job_id"]}).json()
+    assert done["job_state"] == "done" and done["job_result"]["text"] == "hi"
+
+    bad = httpx.get(f"{server.url}/echo", params={"key": "alice-key", "text": "x", "steps": "three", "scale": "nan"})
+    assert bad.status_code == 400 and bad.json()["success"] is False
+    assert [e.split("=")[0] for e in bad.json()["error"]] == ["Invalid argument type steps", "Invalid argument type scale"]
+    # An endpoint whose `methods` leave out GET does not take GET submits.
+    assert httpx.get(f"{server.url}/limited", params={"key": "alice-key"}).status_code == 405
+    assert httpx.post(f"{server.url}/limited", json={"key": "alice-key", "wait_for_result": False}).status_code == 200
+
+
+def test_real_worker_takes_queued_jobs_as_one_batch(server: Server, python: Path, tmp_path: Path) -> None:
+    ids = [httpx.post(f"{server.url}/echo", json={"text": f"b{i}", "key": "bob-key", "wait_for_result": False})
+           .json()["job_id"] for i in range(3)]
+    worker = Worker(python, server.url, tmp_path / "batch-worker.log", max_batch=4)
+    try:
+        answers = []
+        for job_id in ids:
+            deadline = time.monotonic() + 15
+            while (answer := httpx.get(f"{server.url}/echo/progress", params={"key": "bob-key", "job_id": job_id}
+                                       ).json()).get("job_state") != "done" and time.monotonic() < deadline:
+                time.sleep(0.2)
+            answers.append(answer)
+    finally:
+        worker.stop()
+    assert [a.get("job_result", {}).get("text") for a in answers] == ["B0", "B1", "B2"], worker.output()
+    # All three were waiting, so the first request of up to four got all of them.
+    batches = [line for line in worker.output().splitlines() if line.startswith("batch ")]
+    assert batches[:1] == ["batch 3"], worker.output()

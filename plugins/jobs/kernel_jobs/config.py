@@ -37,6 +37,9 @@ class JobsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     sweep_interval: Seconds = 1.0
     #: Queue length per endpoint when its file sets no `max_queue_length`.
     max_queue_length: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    #: Jobs one client may have queued or processing per endpoint without its own
+    #: `client_request_limit`; 0: no limit.
+    client_request_limit: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 def _csv(value: str) -> list[str]:
@@ -65,3 +68,6 @@ def add_options(group: kernel.OptionGroup) -> None:
                      help="how often timeouts are checked (default: 1)")
     group.add_option("--jobs-max-queue-length", type=int, metavar="N",
                      help="queue length per endpoint without its own max_queue_length (default: 1000)")
+    group.add_option("--jobs-client-request-limit", type=int, metavar="N",
+                     help="jobs one client may have queued or processing per endpoint without its own "
+                          "client_request_limit (default: 0, no limit)")

@@ -47,7 +47,8 @@ class Endpoint:
     model: str | None
     client_keys: dict[str, str]
     provide_worker_meta_data: bool
-    client_request_limit: int | None
+    #: Most jobs one client may have queued or processing here; 0: no limit.
+    client_request_limit: int
     inputs: dict[str, dict[str, Any]]
     outputs: dict[str, dict[str, Any]]
     progress_outputs: dict[str, dict[str, Any]]
@@ -59,6 +60,7 @@ class Endpoint:
             "name": self.name, "title": self.title, "description": self.description,
             "http_methods": self.methods, "version": self.version,
             "max_queue_length": self.max_queue_length, "max_time_in_queue": self.max_time_in_queue,
+            "client_request_limit": self.client_request_limit,
             "parameter_description": {
                 "input": self.inputs, "output": self.outputs,
                 "progress": {"OUTPUTS": self.progress_outputs},
@@ -175,7 +177,9 @@ def read_endpoint(path: Path, config: JobsConfig) -> Endpoint:
     for key_name, key in keys.items():
         if not isinstance(key, str) or not key:
             raise r.fail(f"[CLIENTS] authorization_keys.{key_name}", "must be a non-empty string")
-    limit = r.get("CLIENTS", "client_request_limit", int)
+    limit = r.get("CLIENTS", "client_request_limit", int, config.client_request_limit)
+    if limit < 0:
+        raise r.fail("[CLIENTS] client_request_limit", "must be 0 (no limit) or more")
 
     return Endpoint(
         file=path, name=name,

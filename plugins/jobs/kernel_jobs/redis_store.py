@@ -3,7 +3,9 @@ restarted process loses nothing.
 
 Keys under the prefix P: `P:job:<id>` the job as JSON; `P:q:<type>` ids waiting, head
 first; `P:run:<type>` ids taken by a worker; `P:done:<id>` a wake-up for the client
-waiting on that job; `P:workers:<type>` and `P:mean` for estimates. A worker's take moves
+waiting on that job; `P:workers:<type>` and `P:mean` for estimates; `P:disabled` the
+disabled endpoints; `P:active:<endpoint>:<owner>` a client's queued or processing jobs,
+for `client_request_limit`. A worker's take moves
 the id from the queue to the run list in one command (BLMOVE), so a process that dies
 right after still leaves it where the sweep finds and requeues it. Every change of state
 is one Lua script, so two processes never both finish, claim or requeue a job. Nested
@@ -37,11 +39,30 @@ def load(raw: bytes | str) -> Job:
 #: Longest single blocking Redis call, so a worker that hangs up is noticed quickly.
 SLICE = 1.0
 
+# KEYS: job, queue, disabled set, the client's active set.
+# ARGV: job JSON, id, max queue, endpoint, client limit, job key prefix.
 SUBMIT = """
-if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[3]) then return 0 end
+if redis.call('SISMEMBER', KEYS[3], ARGV[4]) == 1 then return 'disabled' end
+local limit = tonumber(ARGV[5])
+if limit > 0 and redis.call('SCARD', KEYS[4]) >= limit then
+  -- finish and lapse remove ids; this also drops any whose job vanished another way
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+    local raw = redis.call('GET', ARGV[6] .. id)
+    local state = raw and cjson.decode(raw).state
+    if state ~= 'queued' and state ~= 'processing' then redis.call('SREM', KEYS[4], id) end
+  end
+  if redis.call('SCARD', KEYS[4]) >= limit then return 'client limit' end
+end
+if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[3]) then return 'queue full' end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('RPUSH', KEYS[2], ARGV[2])
-return 1
+if limit > 0 then redis.call('SADD', KEYS[4], ARGV[2]) end
+return 'ok'
+"""
+
+#: Lua: the key of a job's owner's active set (see SUBMIT).
+ACTIVE_KEY = """
+local function active_key(prefix, job) return prefix .. ':active:' .. job.endpoint .. ':' .. job.owner end
 """
 
 START = """
@@ -84,7 +105,8 @@ redis.call('SET', KEYS[1], cjson.encode(job))
 return 1
 """
 
-FINISH = """
+# ARGV[4]: the key prefix.
+FINISH = ACTIVE_KEY + """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return nil end
 local job = cjson.decode(raw)
@@ -99,6 +121,7 @@ redis.call('LREM', KEYS[2], 0, ARGV[1])
 redis.call('LREM', KEYS[3], 0, ARGV[1])
 redis.call('RPUSH', KEYS[4], '1')
 redis.call('EXPIRE', KEYS[4], ttl)
+redis.call('SREM', active_key(ARGV[4], job), ARGV[1])
 return raw
 """
 
@@ -110,7 +133,7 @@ redis.call('DEL', KEYS[1], KEYS[2])
 return raw
 """
 
-SWEEP = """
+SWEEP = ACTIVE_KEY + """
 local now = tonumber(ARGV[1])
 local prefix = ARGV[2]
 for _, id in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
@@ -158,6 +181,7 @@ for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
       redis.call('LREM', KEYS[1], 0, id)
       redis.call('RPUSH', prefix .. ':done:' .. id, '1')
       redis.call('EXPIRE', prefix .. ':done:' .. id, math.ceil(job.result_lifetime))
+      redis.call('SREM', active_key(prefix, job), id)
     end
   end
 end
@@ -202,10 +226,21 @@ class RedisStore(Store):
         job = await self.job(job_id)
         return job["job_type"] if job else None
 
-    async def submit(self, job: Job, max_queue: int) -> bool:
+    async def submit(self, job: Job, max_queue: int, client_limit: int) -> str | None:
         job["state"] = "queued"
-        keys = [self._job(job["id"]), self._q(job["job_type"])]
-        return bool(await self._submit(keys=keys, args=[dump(job), job["id"], max_queue]))
+        keys = [self._job(job["id"]), self._q(job["job_type"]), f"{self.p}:disabled",
+                f"{self.p}:active:{job['endpoint']}:{job['owner']}"]
+        answer = await self._submit(keys=keys, args=[dump(job), job["id"], max_queue, job["endpoint"],
+                                                     client_limit, f"{self.p}:job:"])
+        answer = answer.decode()
+        return None if answer == "ok" else answer
+
+    async def set_enabled(self, endpoint: str, enabled: bool) -> None:
+        key = f"{self.p}:disabled"
+        await (self.redis.srem(key, endpoint) if enabled else self.redis.sadd(key, endpoint))
+
+    async def enabled(self, endpoint: str) -> bool:
+        return not await self.redis.sismember(f"{self.p}:disabled", endpoint)
 
     async def take(self, job_type: str, worker: str, timeout: float, gone: asyncio.Event) -> Job | None:
         if timeout <= 0:  # filling a batch: only what is already waiting
@@ -249,7 +284,7 @@ class RedisStore(Store):
         if job_type is None:
             return None
         keys = [self._job(job_id), self._run(job_type), self._q(job_type), f"{self.p}:done:{job_id}"]
-        raw = await self._finish(keys=keys, args=[job_id, json.dumps(result), time.time()])
+        raw = await self._finish(keys=keys, args=[job_id, json.dumps(result), time.time(), self.p])
         return load(raw) if raw else None
 
     async def job(self, job_id: str) -> Job | None:

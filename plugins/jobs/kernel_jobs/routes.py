@@ -22,6 +22,8 @@ from kernel_jobs.endpoints import Endpoint
 from kernel_jobs.service import ClientError, JobService, WorkerRefused
 
 log = logging.getLogger("kernel.jobs")
+#: Scope of a kernel token that may enable and disable endpoints.
+ADMIN_SCOPE = "jobs:admin"
 
 
 def _service(request: Request) -> JobService:
@@ -73,7 +75,7 @@ def endpoint_routes(endpoint: Endpoint) -> list[Any]:
         service = _service(request)
         try:
             args = await _args(request)
-            job = await service.submit(endpoint, args)
+            job = await service.submit(endpoint, args, from_query=request.method == "GET")
             if not job["wait_for_result"]:
                 return Response({"success": True, "job_id": job["id"], "ep_version": endpoint.version})
             async with _hangup(request) as gone:
@@ -107,7 +109,21 @@ def endpoint_routes(endpoint: Endpoint) -> list[Any]:
     async def details(request: Request) -> Response:
         return Response(await _service(request).describe(endpoint))
 
-    return [submit, progress, login, details]
+    async def set_enabled(request: Request, enabled: bool) -> Response:
+        await _service(request).store.set_enabled(endpoint.name, enabled)
+        return Response({"success": True, "endpoint": endpoint.name, "enabled": enabled})
+
+    # The original switches endpoints on and off from its admin backend; here an
+    # operator does it with a kernel token holding the scope `jobs:admin`.
+    @post(f"/api/endpoints/{endpoint.name}/enable", guards=[kernel.requires(ADMIN_SCOPE)], status_code=200)
+    async def enable(request: Request) -> Response:
+        return await set_enabled(request, True)
+
+    @post(f"/api/endpoints/{endpoint.name}/disable", guards=[kernel.requires(ADMIN_SCOPE)], status_code=200)
+    async def disable(request: Request) -> Response:
+        return await set_enabled(request, False)
+
+    return [submit, progress, login, details, enable, disable]
 
 
 @get("/api/endpoints")

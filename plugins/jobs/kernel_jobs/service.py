@@ -14,7 +14,7 @@ from typing import Any
 import kernel
 from kernel_jobs.config import JobsConfig
 from kernel_jobs.endpoints import Endpoint
-from kernel_jobs.store import DONE, LAPSED, PROCESSING, Job, Store
+from kernel_jobs.store import CLIENT_LIMIT, DISABLED, DONE, LAPSED, PROCESSING, Job, Store
 from kernel_jobs.validation import validate
 
 log = logging.getLogger("kernel.jobs")
@@ -98,9 +98,10 @@ class JobService:
                 return principal.subject
         raise ClientError(401, "API Key missing and client session authentication key not registered in API Server")
 
-    async def submit(self, endpoint: Endpoint, args: dict[str, Any]) -> Job:
+    async def submit(self, endpoint: Endpoint, args: dict[str, Any], from_query: bool = False) -> Job:
+        """Queue a job for `args`, a request's JSON body or (`from_query`) its query string."""
         owner = self.owner(endpoint, args)
-        data, errors = validate(endpoint.inputs, args)
+        data, errors = validate(endpoint.inputs, args, from_query)
         if errors:
             raise ClientError(400, errors)
         for name, spec in endpoint.session_vars.items():
@@ -118,7 +119,13 @@ class JobService:
             "max_time_in_queue": endpoint.max_time_in_queue, "result_lifetime": endpoint.result_lifetime,
             "progress": {"progress": 0, "progress_data": {}},
         }
-        if not await self.store.submit(job, endpoint.max_queue_length):
+        refused = await self.store.submit(job, endpoint.max_queue_length, endpoint.client_request_limit)
+        if refused == DISABLED:
+            raise ClientError(400, "Endpoint disabled!")
+        if refused == CLIENT_LIMIT:
+            limit = endpoint.client_request_limit
+            raise ClientError(402, f"Client has too much requests. Only {limit} requests per client allowed.")
+        if refused is not None:
             raise ClientError(400, f"Job queue reached max length {endpoint.max_queue_length}!")
         return job
 
@@ -321,6 +328,7 @@ class JobService:
         listed = [{"name": name, **{k: v for k, v in info.items() if k != "last_seen"},
                    "state": info.get("state") if now - info.get("last_seen", 0) < self.config.worker_offline_after
                    else "offline"} for name, info in workers.items()]
-        return {**endpoint.describe(), "num_workers": len(listed),
+        return {**endpoint.describe(), "enabled": await self.store.enabled(endpoint.name),
+                "num_workers": len(listed),
                 "num_active_workers": sum(w["state"] != "offline" for w in listed), "workers": listed}
 

