@@ -1,19 +1,18 @@
 """Requests per second and latency of `kernel serve --plugins detect` against pyzm.serve
 itself (in its own environment), same model (the YOLOv8-layout 320n) and photo (bus.jpg),
-1, 2 and 4 concurrent clients, plus /health latency while detections run.
+1, 2 and 4 concurrent clients, plus /health latency while detections run. The kernel runs
+in several thread settings (`SETTINGS`), so one run compares them on the same machine.
 
 Both servers run on loopback; every level is bounded by a request count and a deadline.
 Run from the repository root:
 
-    python -m bench.detect [--requests 30] [--deadline 60]
+    python -m bench.detect [--requests 30] [--deadline 60] [--settings default,serial]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -22,31 +21,19 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import Server, free_port
-from tests.detect.detect_support import models_folder, pyzm_python
+from tests.detect.detect_support import PyzmServe, models_folder
 from tests.realmodels import photo
 
 MODEL = "320n"
 
 
-def start_pyzm(base: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(pyzm_python()), "-m", "pyzm.serve", "--models", MODEL, "--base-path", str(base),
-         "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"pyzm.serve exited:\n{log.read_text()[-2000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    sys.exit("pyzm.serve did not start in 60 s")
+#: Kernel thread settings compared: onnxruntime's intra-op threads per inference and the
+#: kernel's inference workers (inferences at once).
+SETTINGS: dict[str, list[str]] = {
+    "default": [],
+    "serial": ["--infer-workers", "1"],
+    "parallel-1t": ["--infer-workers", "2", "--onnxruntime-intra-op-threads", "1"],
+}
 
 
 def load(url: str, image: bytes, clients: int, requests: int, deadline: float) -> dict[str, float]:
@@ -106,22 +93,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=30, help="requests per client per level")
     parser.add_argument("--deadline", type=float, default=60, help="seconds at most per level")
+    parser.add_argument("--settings", default=",".join(SETTINGS), help=f"kernel settings to run, of {', '.join(SETTINGS)}")
     args = parser.parse_args()
+    chosen = [name.strip() for name in args.settings.split(",") if name.strip()]
+    unknown = set(chosen) - set(SETTINGS)
+    if unknown:
+        parser.error(f"unknown settings: {', '.join(sorted(unknown))}")
     image = photo("bus.jpg").read_bytes()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         base = models_folder(root / "models")
-        ours = Server(["--plugins", "detect", "--base-path", str(base), "--models", MODEL], root / "home").wait_ready()
-        theirs, their_url = start_pyzm(base, root / "pyzm.log")
+        theirs = PyzmServe(["--models", MODEL, "--base-path", str(base)], root / "pyzm.log", free_port())
+        ours = {
+            f"kernel detect ({name})": Server(["--plugins", "detect", "--base-path", str(base), "--models", MODEL,
+                                               *SETTINGS[name]], root / name)
+            for name in chosen
+        }
         try:
+            servers = {"pyzm.serve": theirs.wait_ready().url} | {k: s.wait_ready().url for k, s in ours.items()}
             rows = []
             for clients in (1, 2, 4):
-                for name, url in (("pyzm.serve", their_url), ("kernel detect", ours.url)):
+                for name, url in servers.items():
                     rows.append((name, clients, load(url, image, clients, args.requests, args.deadline)))
         finally:
-            ours.stop()
-            theirs.terminate()
-            theirs.wait(10)
+            for server in ours.values():
+                server.stop()
+            theirs.stop()
     print("| server | clients | requests | req/s | p50 ms | p95 ms | /health p50 ms | /health max ms |")
     print("|---|---|---|---|---|---|---|---|")
     for name, clients, r in rows:

@@ -4,6 +4,8 @@ environment, and a loopback frame server standing in for ZoneMinder's image URLs
 from __future__ import annotations
 
 import shutil
+import ssl
+import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -49,9 +51,13 @@ def frames(root: Path) -> dict[str, bytes]:
 class FrameServer:
     """ZoneMinder's `index.php?view=image&eid=E&fid=F` on loopback, serving `frames[F]`
     when the query carries `token=<token>`; `fid=slow` answers after `slow` seconds,
-    `fid=loop` redirects forever. Records the queries it saw."""
+    `fid=dribble` sends its headers at once and then a byte a second, `fid=loop`
+    redirects forever, `fid=hop-<F>` redirects once to `<F>`, `fid=chunked-<F>` sends
+    `<F>` without a Content-Length. With `tls` (an SSLContext) it speaks https. Records
+    the queries it saw."""
 
-    def __init__(self, frames: dict[str, bytes], token: str = "", slow: float = 3.0) -> None:
+    def __init__(self, frames: dict[str, bytes], token: str = "", slow: float = 3.0,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.seen: list[dict[str, list[str]]] = []
         outer = self
 
@@ -65,10 +71,34 @@ class FrameServer:
                 elif fid == "slow":
                     time.sleep(slow)
                     self.send_error(504)
+                elif fid == "dribble":
+                    self.send_response(200)
+                    self.send_header("Content-Length", "1000")
+                    self.end_headers()
+                    try:
+                        for _ in range(int(slow) + 1):
+                            self.wfile.write(b"x")
+                            self.wfile.flush()
+                            time.sleep(1)
+                    except OSError:
+                        pass  # the server gave up on it, as it should
                 elif fid == "loop":
                     self.send_response(302)
                     self.send_header("Location", self.path)
                     self.end_headers()
+                elif fid.startswith("hop-"):
+                    self.send_response(302)
+                    self.send_header("Location", self.path.replace(f"fid={fid}", f"fid={fid[4:]}"))
+                    self.end_headers()
+                elif fid.startswith("chunked-") and fid[8:] in frames:
+                    data = frames[fid[8:]]
+                    self.send_response(200)
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    for start in range(0, len(data), 16384):
+                        piece = data[start:start + 16384]
+                        self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                    self.wfile.write(b"0\r\n\r\n")
                 elif fid in frames:
                     self.send_response(200)
                     self.send_header("Content-Type", "image/jpeg")
@@ -81,9 +111,13 @@ class FrameServer:
             def log_message(self, *args: object) -> None:
                 pass
 
+        Handler.protocol_version = "HTTP/1.1"  # chunked answers need it
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.portal = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self.portal = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
@@ -93,3 +127,41 @@ class FrameServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class PyzmServe:
+    """`python -m pyzm.serve ARGS` (pyzm's own server, in its own environment) on loopback
+    port `port`, which a `--config` YAML must name itself; `wait_ready` polls /health."""
+
+    def __init__(self, args: list[str], log: Path, port: int) -> None:
+        self.log = log
+        self.url = f"http://127.0.0.1:{port}"
+        if "--config" not in args:
+            args = [*args, "--host", "127.0.0.1", "--port", str(port)]
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen([str(pyzm_python()), "-m", "pyzm.serve", *args],
+                                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def wait_ready(self, timeout: float = 60) -> PyzmServe:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"pyzm.serve exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        self.stop()
+        raise AssertionError(f"pyzm.serve not ready in {timeout}s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

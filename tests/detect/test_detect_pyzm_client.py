@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import Server, free_port
-from tests.detect.detect_support import FrameServer, frames, models_folder, pyzm_python
+from tests.detect.detect_support import FrameServer, PyzmServe, frames, models_folder, pyzm_python
 from tests.realmodels import photo
 
 PASSWORD = "s3cret-pass"
@@ -115,27 +114,10 @@ def test_url_mode_fetches_frames_from_the_portal(python: Path, open_server: Serv
 
 
 @pytest.fixture(scope="module")
-def pyzm_serve(python: Path, base: Path, home: Path) -> Iterator[str]:
-    port = free_port()
-    log = (home / "pyzm-serve.log").open("wb")
-    proc = subprocess.Popen(
-        [str(python), "-m", "pyzm.serve", "--models", "320n", "--base-path", str(base),
-         "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, (home / "pyzm-serve.log").read_text()[-3000:]
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(10)
-    log.close()
+def pyzm_serve(base: Path, home: Path) -> Iterator[str]:
+    server = PyzmServe(["--models", "320n", "--base-path", str(base)], home / "pyzm-serve.log", free_port())
+    yield server.wait_ready().url
+    server.stop()
 
 
 def infer(url: str, model: str, image: Path) -> list[dict]:

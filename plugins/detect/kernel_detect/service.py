@@ -220,7 +220,7 @@ def _onnx_metadata(path: str) -> tuple[tuple[str, ...] | None, bool]:
 
     try:
         model = onnx.load(path, load_external_data=False)
-    except Exception as exc:  # a file the backend loaded but onnx cannot parse: no metadata
+    except Exception as exc:  # noqa: BLE001 (a file the backend loaded but onnx cannot parse: no metadata)
         log.warning("cannot read ONNX metadata of %s: %s", spec_name(path), type(exc).__name__)
         return None, False
     meta = {p.key: p.value for p in model.metadata_props}

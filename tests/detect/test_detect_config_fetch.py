@@ -1,0 +1,232 @@
+"""pyzm's ServerConfig YAML (`--detect-config`) taking effect, and the limits on fetching
+frames by URL: the allow-list, the size cap, `verify_ssl` against a self-signed https
+portal, bounded redirects and a body that never completes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Server
+from tests.detect.detect_models import self_signed
+from tests.detect.detect_support import FrameServer, frames, models_folder
+from tests.realmodels import photo
+
+YAML_PASSWORD = "yaml-pass-" + "7f3c"
+ZM_TOKEN = "zm-secret-7"
+FETCH_CAP = 100_000
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("detect-config-fetch")
+
+
+@pytest.fixture(scope="module")
+def base(home: Path) -> Path:
+    return models_folder(home / "models")
+
+
+@pytest.fixture(scope="module")
+def images(home: Path) -> dict[str, bytes]:
+    return frames(home)
+
+
+def people(detections: list[dict]) -> list[float]:
+    return sorted((round(d["confidence"], 2) for d in detections if d["label"] == "person"), reverse=True)
+
+
+# -- --detect-config: pyzm's ServerConfig YAML ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def yaml_server(home: Path, base: Path) -> Iterator[Server]:
+    weights = base / "yolov3-tiny" / "yolov3-tiny.weights"
+    config = home / "serve.yml"
+    config.write_text(f"""
+host: 0.0.0.0
+port: 5000
+base_path: {base}
+auth_enabled: true
+auth_username: zm
+auth_password: {YAML_PASSWORD}
+token_expiry_seconds: 90
+token_secret: change-me
+detector_config:
+  pattern: "person|bus"
+  models:
+    - name: Strict Tiny
+      weights: {weights}
+      min_confidence: 0.9
+    - name: tiny
+      weights: {weights}
+    - name: retired
+      weights: {weights}
+      enabled: false
+""")
+    # The YAML replaces what the command line says (pyzm: "CLI flags are ignored").
+    server = Server(["--plugins", "detect", "--detect-config", str(config), "--detect-token-expiry", "5000",
+                     "--token-secret", "k" * 48], home / "yaml")
+    yield server.wait_ready()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def yaml_client(yaml_server: Server) -> Iterator[httpx.Client]:
+    answer = httpx.post(yaml_server.url + "/login", json={"username": "zm", "password": YAML_PASSWORD})
+    assert answer.status_code == 200, answer.text
+    token = answer.json()["access_token"]
+    with httpx.Client(base_url=yaml_server.url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
+        yield client
+
+
+def claims(token: str) -> dict:
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+def test_yaml_auth_and_token_expiry_take_effect(yaml_server: Server) -> None:
+    url = yaml_server.url
+    assert httpx.post(url + "/login", json={"username": "admin", "password": YAML_PASSWORD}).status_code == 401
+    answer = httpx.post(url + "/login", json={"username": "zm", "password": YAML_PASSWORD}).json()
+    assert answer["expires"] == 90
+    token = claims(answer["access_token"])
+    assert token["exp"] - token["iat"] == 90 and token["sub"] == "zm"
+    # auth_enabled: the inference routes want the token.
+    assert httpx.post(url + "/infer", data={"type": "object"}).status_code == 401
+    log = yaml_server.output()
+    assert "host, port, token_secret belong to the kernel" in log
+    assert YAML_PASSWORD not in log
+
+
+def test_yaml_models_and_their_thresholds(yaml_client: httpx.Client) -> None:
+    served = {m["name"] for m in yaml_client.get("/models").json()["models"]}
+    assert served == {"Strict Tiny", "tiny"}  # `enabled: false` is not served
+
+    def infer(name: str, **fields: str) -> list[dict]:
+        body = yaml_client.post("/infer", data={"type": "object", "name": name, **fields},
+                                files={"image": ("bus.jpg", photo("bus.jpg").read_bytes())}).json()
+        assert body["error"] is None, body
+        return body["detections"]
+
+    default = infer("tiny")  # the server's default threshold, 0.3
+    assert people(default)[:3] == [0.97, 0.66, 0.58] and min(d["confidence"] for d in default) >= 0.3
+    strict = infer("Strict Tiny")
+    assert people(strict) == [0.97] and len(strict) == 1
+    # A request's min_confidence still overrides the model's, for that request only.
+    assert people(infer("Strict Tiny", min_confidence="0.5")) == [0.97, 0.66, 0.58]
+    assert people(infer("Strict Tiny")) == [0.97]
+
+
+def test_yaml_pattern_filters_detect(yaml_client: httpx.Client) -> None:
+    body = yaml_client.post("/detect", files={"file": ("bus.jpg", photo("bus.jpg").read_bytes())},
+                            data={"models": "tiny"}).json()
+    assert set(body["labels"]) <= {"person", "bus"} and "person" in body["labels"]
+
+
+# -- URL fetching limits ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls(home: Path) -> ssl.SSLContext:
+    cert, key = self_signed(home)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+@pytest.fixture(scope="module")
+def portals(images: dict[str, bytes], tls: ssl.SSLContext) -> Iterator[dict[str, FrameServer]]:
+    servers = {
+        "http": FrameServer(images, token=ZM_TOKEN, slow=3.0),
+        "https": FrameServer(images, token=ZM_TOKEN, tls=tls),
+        "elsewhere": FrameServer(images, token=ZM_TOKEN),
+    }
+    yield servers
+    for server in servers.values():
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def fetch_server(home: Path, base: Path, portals: dict[str, FrameServer]) -> Iterator[Server]:
+    server = Server([
+        "--plugins", "detect", "--base-path", str(base), "--models", "yolov3-tiny",
+        # One allowed as host:port, the other as a URL prefix; `elsewhere` is not allowed.
+        "--detect-fetch-allow", f"127.0.0.1:{portals['http'].port}", portals["https"].portal + "/",
+        "--detect-fetch-max-bytes", str(FETCH_CAP), "--detect-fetch-max-redirects", "1",
+        "--detect-fetch-timeout", "0.5",
+    ], home / "fetch")
+    yield server.wait_ready()
+    server.stop()
+
+
+def infer_url(server: Server, url: str, verify: str = "1") -> dict:
+    answer = httpx.post(server.url + "/infer", data={
+        "type": "object", "name": "yolov3-tiny", "url": url, "zm_auth": f"token={ZM_TOKEN}", "verify_ssl": verify,
+    }, timeout=30)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def test_allow_list(fetch_server: Server, portals: dict[str, FrameServer]) -> None:
+    ok = infer_url(fetch_server, portals["http"].url("zidane"))
+    assert ok["error"] is None and "person" in {d["label"] for d in ok["detections"]}
+    refused = infer_url(fetch_server, portals["elsewhere"].url("zidane"))
+    assert refused == {"detections": [], "error": "fetch failed: the URL's host is not on the fetch allow-list"}
+    body = {"urls": [{"frame_id": "1", "url": portals["elsewhere"].url("zidane")}], "zm_auth": f"token={ZM_TOKEN}"}
+    answer = httpx.post(fetch_server.url + "/detect_urls", json=body)
+    assert answer.status_code == 400
+    assert answer.json() == {"detail": "frame '1': the URL's host is not on the fetch allow-list"}
+    assert portals["elsewhere"].seen == []  # never contacted
+
+
+def test_response_size_cap(fetch_server: Server, portals: dict[str, FrameServer], images: dict[str, bytes]) -> None:
+    assert len(images["zidane"]) < FETCH_CAP < len(images["bus"])
+    too_big = f"fetch failed: the frame is larger than {FETCH_CAP} bytes"
+    # Refused by its declared length, and when it streams without one.
+    assert infer_url(fetch_server, portals["http"].url("bus"))["error"] == too_big
+    assert infer_url(fetch_server, portals["http"].url("chunked-bus"))["error"] == too_big
+    streamed = infer_url(fetch_server, portals["http"].url("chunked-zidane"))
+    assert streamed["error"] is None and streamed["detections"]
+
+
+def test_verify_ssl(fetch_server: Server, portals: dict[str, FrameServer]) -> None:
+    url = portals["https"].url("zidane")
+    trusting = infer_url(fetch_server, url, verify="0")
+    assert trusting["error"] is None and "person" in {d["label"] for d in trusting["detections"]}
+    checking = infer_url(fetch_server, url, verify="1")
+    assert checking == {"detections": [], "error": "fetch failed: request failed (ConnectError)"}
+    frames_ = {"urls": [{"frame_id": "a", "url": url}], "zm_auth": f"token={ZM_TOKEN}"}
+    assert httpx.post(fetch_server.url + "/detect_urls", json={**frames_, "verify_ssl": False}).status_code == 200
+    strict = httpx.post(fetch_server.url + "/detect_urls", json={**frames_, "verify_ssl": True})
+    assert strict.status_code == 502
+    assert strict.json() == {"detail": "no frame could be fetched (a: fetch failed: request failed (ConnectError))"}
+
+
+def test_redirects_are_bounded(fetch_server: Server, portals: dict[str, FrameServer]) -> None:
+    one_hop = infer_url(fetch_server, portals["http"].url("hop-zidane"))
+    assert one_hop["error"] is None and one_hop["detections"]
+    two_hops = infer_url(fetch_server, portals["http"].url("hop-hop-zidane"))
+    assert two_hops == {"detections": [], "error": "fetch failed: more than 1 redirects"}
+
+
+def test_a_body_that_never_completes_times_out(fetch_server: Server, portals: dict[str, FrameServer]) -> None:
+    started = time.monotonic()
+    hung = infer_url(fetch_server, portals["http"].url("dribble"))
+    assert hung == {"detections": [], "error": "fetch failed: no complete answer within 0.5s"}
+    assert time.monotonic() - started < 2.5
+    assert httpx.get(fetch_server.url + "/health").json() == {"status": "ok", "models_loaded": True}
+
+
+def test_no_credentials_in_logs(fetch_server: Server) -> None:
+    # Runs after the fetches above: every one carried zm_auth.
+    log = fetch_server.output()
+    assert ZM_TOKEN not in log and "Traceback" not in log
+    assert "token=***" in log
