@@ -4,9 +4,13 @@ One bounded run, on loopback, for a tiny model (x[1,4] -> 2x+1) and a small dete
 YOLOv8n-layout ONNX from tests/realmodels at 640x640): p50/p99 latency per request for
 REST JSON, REST binary and gRPC, each against onnxruntime called directly in this process
 and against MLServer serving the same file through a small onnxruntime runtime (in its own
-environment). Requests are encoded once, before timing. Then, with dynamic batching on
-and 16 concurrent gRPC clients, the throughput as a fraction of the runtime's own batched
-throughput, and how the CPU time split between server and clients.
+environment). Requests are encoded once, before timing. Each server call alternates with a
+direct runtime call, and a row's added time is against the runtime's p50 in that same row,
+so a busy machine slows both sides alike. REST requests go over one kept-alive
+`http.client` connection, a lean client like tritonclient's, so that the client's own
+Python work does not hide the server's. Then, with dynamic batching on and 16 concurrent
+gRPC clients, the throughput as a fraction of the runtime's own batched throughput, and
+how the CPU time split between server and clients.
 
     python bench/oip.py [--tiny N] [--detector N] [--seconds S] [--no-mlserver]
 """
@@ -14,6 +18,8 @@ throughput, and how the CPU time split between server and clients.
 from __future__ import annotations
 
 import argparse
+import functools
+import http.client
 import json
 import os
 import shutil
@@ -72,16 +78,22 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return ordered[len(ordered) // 2] * 1000, ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
 
 
-def timed(call: Callable[[], object], count: int, budget: float) -> list[float]:
+def timed(raw: Callable[[], object], call: Callable[[], object], count: int,
+          budget: float) -> tuple[list[float], list[float]]:
+    """Alternate a direct runtime call and a server call; the samples of each."""
+    raw()
     call()  # warm up: loads, connections
-    samples, deadline = [], time.monotonic() + budget
+    raws: list[float] = []
+    samples: list[float] = []
+    deadline = time.monotonic() + budget
     for _ in range(count):
-        started = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - started)
+        for fn, into in ((raw, raws), (call, samples)):
+            started = time.perf_counter()
+            fn()
+            into.append(time.perf_counter() - started)
         if time.monotonic() > deadline:
             break
-    return samples
+    return raws, samples
 
 
 class Requests:
@@ -100,29 +112,37 @@ class Requests:
         self.grpc.raw_input_contents.append(x.tobytes())
 
 
-def measure_server(http_url: str, grpc_addr: str, name: str, req: Requests, count: int, budget: float) -> dict:
-    rows = {}
+def measure_server(http_addr: str, grpc_addr: str, name: str, req: Requests, raw: Callable[[], object],
+                   count: int, budget: float) -> dict:
+    """Per path: (p50, p99) of the server and the runtime's p50 in the same run, or an error."""
+    rows: dict = {}
     options = [("grpc.max_receive_message_length", 1 << 30), ("grpc.max_send_message_length", 1 << 30)]
+    host, port = http_addr.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    connection.connect()
     # Without TCP_NODELAY the client's separate header and body writes meet delayed ACKs (~40 ms).
-    transport = httpx.HTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
-    with httpx.Client(base_url=http_url, timeout=60, transport=transport) as client, \
-            grpc.insecure_channel(grpc_addr, options=options) as ch:
+    connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with grpc.insecure_channel(grpc_addr, options=options) as ch:
         stub = pb_grpc.GRPCInferenceServiceStub(ch)
 
         def post(body: bytes, headers: dict) -> Callable[[], object]:
             def call() -> None:
-                answer = client.post(f"/v2/models/{name}/infer", content=body, headers=headers)
-                if answer.status_code != 200:
-                    raise RuntimeError(f"HTTP {answer.status_code}: {answer.text[:200]}")
+                connection.request("POST", f"/v2/models/{name}/infer", body=body, headers=headers)
+                answer = connection.getresponse()
+                data = answer.read()
+                if answer.status != 200:
+                    raise RuntimeError(f"HTTP {answer.status}: {data[:200]!r}")
             return call
 
         for label, call in (("REST JSON", post(req.json, {"Content-Type": "application/json"})),
                             ("REST binary", post(req.binary, req.binary_headers)),
                             ("gRPC", lambda: stub.ModelInfer(req.grpc, timeout=60))):
             try:
-                rows[label] = percentiles(timed(call, count, budget))
+                raws, samples = timed(raw, call, count, budget)
+                rows[label] = (*percentiles(samples), percentiles(raws)[0])
             except (RuntimeError, grpc.RpcError) as exc:
                 rows[label] = str(exc).splitlines()[0][:60]
+    connection.close()
     return rows
 
 
@@ -177,6 +197,7 @@ def start_mlserver(root: Path, models: dict[str, Path]) -> tuple[subprocess.Pope
     (folder / "settings.json").write_text(json.dumps({
         "http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port,
         "parallel_workers": 0, "host": "127.0.0.1", "debug": False,
+        "grpc_max_message_length": 1 << 30,  # a 640x640 frame is over gRPC's 4 MiB default
     }))
     for name, path in models.items():
         (folder / name).mkdir()
@@ -231,13 +252,15 @@ def main() -> None:
                              rng.random((1, 3, 640, 640), dtype=np.float32), args.detector),
     }
 
-    table: list[tuple[str, str, str, str]] = []
+    table: list[tuple[str, ...]] = []
 
-    def add(case: str, who: str, label: str, value: tuple[float, float] | str, raw_p50: float) -> None:
+    def add(case: str, who: str, label: str, value: tuple[float, float, float] | str) -> None:
         if isinstance(value, str):
-            table.append((case, f"{who} {label}", value, ""))
+            table.append((case, f"{who} {label}", value, "", "", ""))
         else:
-            table.append((case, f"{who} {label}", f"{value[0]:.2f} / {value[1]:.2f}", f"{value[0] - raw_p50:+.2f}"))
+            p50, p99, raw_p50 = value
+            table.append((case, f"{who} {label}", f"{p50:.2f} / {p99:.2f}", f"{raw_p50:.2f}",
+                          f"{p50 - raw_p50:+.2f}", f"{(p50 - raw_p50) / raw_p50:+.0%}" if raw_p50 >= 1 else ""))
 
     server = Server(["--plugins", "oip", "--model-dir", str(models), "--oip-grpc-port", str(grpc_port := free_port()),
                      "--log-level", "warning"], root / "home")
@@ -248,14 +271,15 @@ def main() -> None:
             mlserver = start_mlserver(root, {"tiny": tiny_path, "detector": detector_path})
         for case, (name, path, input_name, x, count) in cases.items():
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            raw = percentiles(timed(lambda s=session, i=input_name, x=x: s.run(None, {i: x}), count, 30))
-            table.append((case, "onnxruntime direct", f"{raw[0]:.2f} / {raw[1]:.2f}", ""))
             req = Requests(name, input_name, x)
-            for label, value in measure_server(server.url, f"127.0.0.1:{grpc_port}", name, req, count, 30).items():
-                add(case, "kernel", label, value, raw[0])
+            direct = functools.partial(session.run, None, {input_name: x})
+            for label, value in measure_server(f"127.0.0.1:{server.port}", f"127.0.0.1:{grpc_port}", name, req,
+                                               direct, count, 30).items():
+                add(case, "kernel", label, value)
             if mlserver is not None:
-                for label, value in measure_server(mlserver[1], mlserver[2], name, req, count, 30).items():
-                    add(case, "MLServer", label, value, raw[0])
+                ml_addr = mlserver[1].removeprefix("http://")
+                for label, value in measure_server(ml_addr, mlserver[2], name, req, direct, count, 30).items():
+                    add(case, "MLServer", label, value)
         batched = {
             "tiny": ("tiny", tiny_path, "x", np.ones((1, 4), np.float32)),
             "detector 320x320": ("detector", detector_path, detector_input,
@@ -263,9 +287,11 @@ def main() -> None:
         }
         throughput = {}
         for case, (name, path, input_name, x) in batched.items():
-            raw_rps = raw_batched(path, input_name, x, args.seconds)
+            # The runtime's rate before and after the served run, so drift in the machine's load evens out.
+            before = raw_batched(path, input_name, x, args.seconds / 2)
             served = batched_throughput(f"127.0.0.1:{grpc_port}", f"{name}batch", input_name, x,
                                         server.proc.pid, args.seconds)
+            raw_rps = (before + raw_batched(path, input_name, x, args.seconds / 2)) / 2
             peer = None if mlserver is None else batched_throughput(
                 mlserver[2], name, input_name, x, mlserver[0].pid, args.seconds)
             throughput[case] = (raw_rps, served, peer)
@@ -276,7 +302,7 @@ def main() -> None:
             mlserver[0].wait(10)
         shutil.rmtree(root, ignore_errors=True)
 
-    print("| model | path | p50 / p99 ms | p50 added over raw, ms |\n|---|---|---|---|")
+    print("| model | path | p50 / p99 ms | raw p50 ms | added p50 ms | added |\n|---|---|---|---|---|---|")
     for row in table:
         print("| " + " | ".join(row) + " |")
     for case, (raw_rps, served, peer) in throughput.items():

@@ -102,6 +102,28 @@ def test_gzip_body_and_nested_data_are_served(http):
     assert (bomb.status_code, bomb.json()) == (400, {"error": "the request body is not valid gzip data"})
 
 
+@pytest.mark.parametrize("padding", range(4))
+def test_large_binary_requests_give_exact_answers_whatever_the_header_length(http, padding):
+    """Big bodies are read into aligned memory: every header length must still give the same numbers."""
+    x = np.random.default_rng(padding).random((6000, 4), dtype=np.float32)
+    header = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32",
+                          "parameters": {"binary_data_size": x.nbytes}}],
+              "outputs": [{"name": "y", "parameters": {"binary_data": True}}], "id": "p" * padding}
+    body, headers = binary_request(header, x.tobytes())
+    answer = http.post("/v2/models/affine/infer", content=body, headers=headers)
+    assert answer.status_code == 200, answer.text
+    length = int(answer.headers["Inference-Header-Content-Length"])
+    y = np.frombuffer(answer.content[length:], np.float32).reshape(x.shape)
+    np.testing.assert_array_equal(y, x * 2 + 1)
+
+
+def test_a_header_length_that_is_not_a_count_is_a_400(http):
+    for value in ("ten", "-1"):
+        answer = http.post("/v2/models/affine/infer", content=b"{}", headers={"Inference-Header-Content-Length": value})
+        assert (answer.status_code, answer.json()) == (
+            400, {"error": f"Inference-Header-Content-Length {value!r} is not a byte count"})
+
+
 @pytest.fixture(scope="module")
 def stub(server) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
     with grpc.insecure_channel(f"127.0.0.1:{server[1]}") as channel:

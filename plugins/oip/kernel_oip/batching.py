@@ -2,10 +2,12 @@
 
 A model opts in with `max_batch_size` (rows, the sum of the requests' first dimensions)
 and `max_queue_delay_us` in its config. The first request of a batch waits at most the
-delay for others; requests whose inputs stack (same names, datatypes and trailing
-shapes) join until the batch is full. The merged outputs are split back by rows. When
-the outputs cannot be split that way, or the merged call fails, each request runs alone,
-so a batch never gives a request an answer it would not have got by itself.
+delay (from its arrival) for others; requests whose inputs stack (same names, datatypes
+and trailing shapes) join until the batch is full. One batch per model runs at a time;
+requests that arrive meanwhile make up the next one. The merged outputs are split back
+by rows. When the outputs cannot be split that way, or the merged call fails, each
+request runs alone, so a batch never gives a request an answer it would not have got by
+itself.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ Runner = Callable[[Tensors], Awaitable[Tensors]]
 
 
 class _Pending:
-    __slots__ = ("future", "inputs", "rows")
+    __slots__ = ("future", "inputs", "queued", "rows")
 
-    def __init__(self, inputs: Tensors, rows: int, future: asyncio.Future[Tensors]) -> None:
+    def __init__(self, inputs: Tensors, rows: int, future: asyncio.Future[Tensors], queued: float) -> None:
         self.inputs = inputs
         self.rows = rows
         self.future = future
+        self.queued = queued
 
     def stacks_with(self, other: _Pending) -> bool:
         if self.inputs.keys() != other.inputs.keys():
@@ -50,14 +53,17 @@ class Batcher:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._collector: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def infer(self, inputs: Tensors) -> Tensors:
         firsts = {a.shape[0] if a.ndim else 0 for a in inputs.values()}
         rows = firsts.pop() if len(firsts) == 1 else 0
         if rows == 0 or rows >= self.max_rows:
             return await self._run(inputs)
-        future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(inputs, rows, future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Tensors] = loop.create_future()
+        self._queue.put_nowait(_Pending(inputs, rows, future, loop.time()))
         if self._collector is None or self._collector.done():
             self._collector = asyncio.create_task(self._collect())
         return await future
@@ -68,21 +74,38 @@ class Batcher:
         while True:
             first = carried or await self._queue.get()
             carried = None
+            # One batch runs at a time, as on one model instance: requests that come while
+            # it runs wait here and fill the next batch, rather than making small batches
+            # that compete with it for the same cores.
+            await self._idle.wait()
             batch, rows = [first], first.rows
-            deadline = loop.time() + self.delay_s
+            # The delay counts from the first request's arrival: one that already waited
+            # for a running batch goes with whatever has queued behind it.
+            deadline = first.queued + self.delay_s
             while rows < self.max_rows:
                 try:
-                    item = await asyncio.wait_for(self._queue.get(), max(0.0, deadline - loop.time()))
-                except TimeoutError:
-                    break
+                    item = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        break
+                    try:
+                        item = await asyncio.wait_for(self._queue.get(), left)
+                    except TimeoutError:
+                        break
                 if rows + item.rows > self.max_rows or not first.stacks_with(item):
                     carried = item
                     break
                 batch.append(item)
                 rows += item.rows
+            self._idle.clear()
             task = asyncio.create_task(self._dispatch(batch))
             self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._idle.set()
 
     async def _dispatch(self, batch: list[_Pending]) -> None:
         live = [p for p in batch if not p.future.done()]

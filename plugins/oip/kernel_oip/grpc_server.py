@@ -115,19 +115,20 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         service = self.service
         model, session = await service.session(request.model_name, request.model_version)
-        names = {t.name for t in session.outputs}
-        for output in request.outputs:
-            if output.name not in names:
-                raise InvalidInput(f"unknown output {output.name!r}; the model gives {sorted(names)}")
-        inputs = service.decode(session, _wire_inputs(request))
-        results = await service.infer(model, session, inputs)
-        results = select_outputs(results, [o.name for o in request.outputs])
+        plan = service.plan(session)
+        wanted = [o.name for o in request.outputs]
+        for name in wanted:
+            if name not in plan.output_names:
+                raise InvalidInput(f"unknown output {name!r}; the model gives {sorted(plan.output_names)}")
+        inputs = service.decode(plan, _wire_inputs(request))
+        results = select_outputs(await service.infer(model, plan, inputs), wanted)
         response = pb.ModelInferResponse(
             model_name=request.model_name, model_version=model.spec.version, id=request.id,
         )
+        add_output, contents = response.outputs.add, response.raw_output_contents
         for name, array in results.items():
-            response.outputs.add(name=name, datatype=datatype_name(array.dtype), shape=array.shape)
-            response.raw_output_contents.append(raw(array))
+            add_output(name=name, datatype=datatype_name(array.dtype), shape=array.shape)
+            contents.append(bytes(raw(array)))  # protobuf takes bytes only: the one copy
         return response
 
     @rpc(READ)

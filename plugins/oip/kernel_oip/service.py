@@ -7,12 +7,22 @@ decision about models, inputs and who may do what is made here, once.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from kernel import BadRequest, Forbidden, InvalidInput, ModelError, Session, Unauthorized, Unavailable
+from kernel import (
+    BadRequest,
+    Forbidden,
+    InvalidInput,
+    ModelError,
+    Session,
+    TensorInfo,
+    Unauthorized,
+    Unavailable,
+)
 from kernel import __version__ as kernel_version
 from kernel_oip.batching import Batcher
 from kernel_oip.config import OipConfig
@@ -44,6 +54,20 @@ class WireTensor(NamedTuple):
     data: bytes | memoryview | Sequence[Any] | None
 
 
+class Plan:
+    """What every request to one loaded session needs, worked out once per session."""
+
+    __slots__ = ("batchable", "inputs", "output_names")
+
+    def __init__(self, session: Session) -> None:
+        self.inputs: dict[str, TensorInfo] = {info.name: info for info in session.inputs}
+        self.output_names = frozenset(info.name for info in session.outputs)
+        #: Requests can be stacked only when every input's first dimension is dynamic.
+        self.batchable = bool(session.inputs) and all(
+            info.shape and info.shape[0] == -1 for info in session.inputs
+        )
+
+
 class OipService:
     def __init__(self, kernel: Kernel, config: OipConfig) -> None:
         self.kernel = kernel
@@ -51,6 +75,8 @@ class OipService:
         self.config = config
         self.pdp = PolicyDecisionPoint(config.pdp_url, config.pdp_timeout) if config.pdp_url else None
         self._batchers: dict[tuple[str, str, int, float], Batcher] = {}
+        # Keyed by the session, so a reload gets a new plan and an unload frees the old one.
+        self._plans: weakref.WeakKeyDictionary[Session, Plan] = weakref.WeakKeyDictionary()
 
     async def start(self) -> None:
         if self.config.auth:
@@ -101,6 +127,15 @@ class OipService:
             raise Unavailable(f"model {name!r} was unloaded while it was being used; retry")
         return model, session
 
+    def plan(self, session: Session) -> Plan:
+        try:
+            plan = self._plans.get(session)
+            if plan is None:
+                plan = self._plans[session] = Plan(session)
+        except TypeError:  # a session class with __slots__ and no weak references
+            plan = Plan(session)
+        return plan
+
     async def metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
         model, session = await self.session(name, version)
         return {
@@ -143,9 +178,9 @@ class OipService:
 
     # -- inference -------------------------------------------------------------------------
 
-    def decode(self, session: Session, tensors: Sequence[WireTensor]) -> dict[str, np.ndarray]:
+    def decode(self, plan: Plan, tensors: Sequence[WireTensor]) -> dict[str, np.ndarray]:
         """Arrays for the request's inputs, each checked against the model's metadata."""
-        infos = input_infos(session.inputs, [t.name for t in tensors])
+        infos = input_infos(plan.inputs, [t.name for t in tensors])
         arrays = {}
         for tensor in tensors:
             info = infos[tensor.name]
@@ -158,18 +193,16 @@ class OipService:
                 arrays[tensor.name] = from_list(info, tensor.shape, tensor.data)
         return arrays
 
-    async def infer(self, model: Model, session: Session, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        batcher = self._batcher(model, session)
+    async def infer(self, model: Model, plan: Plan, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batcher = self._batcher(model) if plan.batchable else None
         if batcher is not None:
             return await batcher.infer(inputs)
         return await self.registry.infer(model.name, inputs, model.spec.version)
 
-    def _batcher(self, model: Model, session: Session) -> Batcher | None:
+    def _batcher(self, model: Model) -> Batcher | None:
         params = model.spec.params
         size = params.get("max_batch_size", 0)
         if not isinstance(size, int) or size <= 1:
-            return None
-        if not all(info.shape and info.shape[0] == -1 for info in session.inputs):
             return None
         delay = params.get("max_queue_delay_us", 0)
         if not isinstance(delay, (int, float)) or delay < 0:

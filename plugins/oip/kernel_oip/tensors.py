@@ -38,9 +38,8 @@ def check_header(info: TensorInfo, datatype: str, shape: Sequence[int]) -> int:
     return math.prod(shape)
 
 
-def input_infos(infos: Iterable[TensorInfo], names: Iterable[str]) -> dict[str, TensorInfo]:
+def input_infos(expected: Mapping[str, TensorInfo], names: Iterable[str]) -> Mapping[str, TensorInfo]:
     """The model's input metadata by name; unknown, repeated or missing inputs are refused."""
-    expected = {info.name: info for info in infos}
     seen: set[str] = set()
     for name in names:
         if name not in expected:
@@ -48,8 +47,8 @@ def input_infos(infos: Iterable[TensorInfo], names: Iterable[str]) -> dict[str, 
         if name in seen:
             raise InvalidInput(f"input {name!r} is given twice")
         seen.add(name)
-    missing = sorted(set(expected) - seen)
-    if missing:
+    if len(seen) != len(expected):
+        missing = sorted(set(expected) - seen)
         raise InvalidInput(f"missing input {', '.join(map(repr, missing))}")
     return expected
 
@@ -139,11 +138,12 @@ def encode_bytes(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def raw(array: np.ndarray) -> bytes:
-    """The raw bytes of an output tensor, row-major."""
+def raw(array: np.ndarray) -> bytes | memoryview:
+    """The raw bytes of an output tensor, row-major: a view of the array where it is
+    contiguous already, so that the answer copies it once, into the response."""
     if array.dtype.kind in "OSU":
         return encode_bytes(array)
-    return np.ascontiguousarray(array).tobytes()
+    return memoryview(np.ascontiguousarray(array)).cast("B")
 
 
 def as_json_data(name: str, array: np.ndarray) -> list[Any]:
