@@ -41,13 +41,16 @@ class OptionGroup:
                 f"plugin {self.section!r}: option {flags[0] if flags else '?'} must start with {prefix}<key>"
             )
         key = flags[0][len(prefix):].replace("-", "_")
-        for flag in flags:
+        claimed = list(flags)
+        if kwargs.get("action") is argparse.BooleanOptionalAction:
+            claimed += ["--no-" + f[2:] for f in flags if f.startswith("--")]
+        for flag in claimed:
             owner = self._parser.owners.get(flag)
             if owner is not None:
                 raise StartupError(
                     f"option {flag} is claimed by both {_who(owner)} and {_who(self.section)}"
                 )
-        for flag in flags:
+        for flag in claimed:
             self._parser.owners[flag] = self.section
         self._parser.keys.setdefault(self.section, set()).add(key)
         if kwargs.get("action") not in ("store_true", "store_false", "count", argparse.BooleanOptionalAction):

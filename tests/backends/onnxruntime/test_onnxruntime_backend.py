@@ -153,7 +153,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     state = tmp_path_factory.mktemp("state")
     k = kernel.create_kernel(options={
         "kernel": {"model_dir": [str(models)], "state_dir": str(state)},
-        "onnxruntime": {"intra_op_threads": 2},
+        "onnxruntime": {"intra_op_threads": 2, "spinning": False},
     })
     s = Served(k)
     yield s
@@ -249,6 +249,8 @@ def test_thread_counts_from_config_and_model_params(served: Served) -> None:
     assert options.intra_op_num_threads == 2
     options = served.session("one_thread")._session.get_session_options()
     assert options.intra_op_num_threads == 1
+    # spinning off: idle runtime threads sleep instead of taking CPU from the server
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_options_follow_the_naming_rule(served: Served) -> None:
@@ -257,7 +259,8 @@ def test_options_follow_the_naming_rule(served: Served) -> None:
     flags = [flag for flag, owner in build_parser(served.kernel.plugin_set).owners.items()
              if owner == "onnxruntime"]
     assert sorted(flags) == [
-        "--onnxruntime-cache-dir", "--onnxruntime-inter-op-threads", "--onnxruntime-intra-op-threads",
+        "--no-onnxruntime-spinning", "--onnxruntime-cache-dir", "--onnxruntime-inter-op-threads",
+        "--onnxruntime-intra-op-threads", "--onnxruntime-spinning",
     ]
 
 
