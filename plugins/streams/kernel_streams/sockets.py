@@ -1,9 +1,9 @@
 """PTG's WebSockets: `/data/{sid}/push` and `/data/{sid}/pull`.
 
 Both hold a bounded amount of data per socket. A push reads at most `push_queue` messages
-ahead of Redis, then stops reading (TCP slows the sender); a pull reads the next batch from
-Redis only after the last one was handed to the socket, whose send waits while the client
-is slow. Errors close the socket with a code and a reason: 1003 wrong frame type, 1007 a
+ahead of Redis, then stops reading (TCP slows the sender); a pull reads Redis at most one
+read ahead of the batch the socket is sending, and that send waits while the client is
+slow. Errors close the socket with a code and a reason: 1003 wrong frame type, 1007 a
 malformed batch, 1008 a bad query or an entry Redis refused, 1013 the data store is down.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from litestar import WebSocket, websocket
@@ -21,13 +22,16 @@ import kernel
 from kernel_streams import framing, params
 from kernel_streams.rest import GUARD, cursors
 from kernel_streams.runtime import runtime
-from kernel_streams.store import StoreUnavailable
+from kernel_streams.store import Entry, StoreUnavailable, StreamStore
 
 log = logging.getLogger("kernel.streams")
 
 WRONG_TYPE, BAD_DATA, POLICY, TRY_LATER = 1003, 1007, 1008, 1013
 #: Push messages written to Redis in one round trip at most.
 _GROUP = 64
+#: A pull of small entries reads up to this many entries, about this many bytes, from Redis at once.
+READ_AHEAD_ENTRIES = 256
+READ_AHEAD_BYTES = 1 << 20
 
 
 class _Closed(Exception):
@@ -126,7 +130,7 @@ async def push(socket: WebSocket, sid: str) -> None:
                 if ack:
                     at = 0
                     for msg in group:
-                        await socket.send_text(",".join(ids[at:at + len(msg)]))
+                        await socket.send({"type": "websocket.send", "text": ",".join(ids[at:at + len(msg)]), "bytes": None})
                         at += len(msg)
             if end is None:
                 return
@@ -177,10 +181,11 @@ async def pull(socket: WebSocket, sid: str) -> None:
                 if ack:
                     await acks.put(None)
 
-    async def send(entries: list[tuple[str, str, bytes]]) -> None:
+    async def send(entries: list[Entry]) -> None:
         header, blob = framing.pack(entries)
-        await socket.send_text(header.decode())
-        await socket.send_bytes(blob)
+        # the ASGI events themselves: Litestar's send_text/send_bytes only add layers here
+        await socket.send({"type": "websocket.send", "text": header.decode(), "bytes": None})
+        await socket.send({"type": "websocket.send", "bytes": blob, "text": None})
         if ack:
             await acks.get()
 
@@ -198,18 +203,11 @@ async def pull(socket: WebSocket, sid: str) -> None:
             if newest:
                 await send(newest)
         block = timeout or config.block_ms
-        while True:
-            entries = await store.latest(sids, count, after=cursor) if latest else []
-            if not entries:
-                entries = await store.read(cursor, count, block)
-            if not entries:
-                if timeout:
-                    await _close(socket, 1000, "no entries within the timeout")
-                    return
-                continue
-            for s, i, _ in entries:
-                cursor[s] = i
-            await send(entries)
+        if latest:
+            await _newest_batches(store, sids, cursor, count, block, timeout, send)
+        else:
+            await _batches_in_order(store, cursor, count, block, timeout, send)
+        await _close(socket, 1000, "no entries within the timeout")
 
     watcher = asyncio.create_task(watch())
     runner = asyncio.create_task(run())
@@ -226,6 +224,88 @@ async def pull(socket: WebSocket, sid: str) -> None:
         for task in (watcher, runner):
             with contextlib.suppress(BaseException):
                 await task
+
+
+Send = Callable[[list[Entry]], Awaitable[None]]
+
+
+async def _newest_batches(store: StreamStore, sids: list[str], cursor: dict[str, str], count: int, block: int,
+                          timeout: int | None, send: Send) -> None:
+    """Live view: each batch is the newest `count` entries when it is sent, so nothing is
+    read ahead. Returns when `timeout` passes without an entry."""
+    while True:
+        entries = await store.latest(sids, count, after=cursor)
+        if not entries:
+            entries = await store.read(cursor, count, block)
+        if not entries:
+            if timeout:
+                return
+            continue
+        for s, i, _ in entries:
+            cursor[s] = i
+        await send(entries)
+
+
+async def _batches_in_order(store: StreamStore, cursor: dict[str, str], count: int, block: int,
+                            timeout: int | None, send: Send) -> None:
+    """Every entry in order, in batches of `count`. The next read from Redis overlaps the
+    sending of the last batch, and one read fetches several batches of small entries; at
+    most one read and one batch are held beyond the batch being sent. Returns when
+    `timeout` passes without an entry (counted from the read, which may start while the
+    last batch is still being sent)."""
+    ready: asyncio.Queue[list[Entry] | BaseException | None] = asyncio.Queue(1)
+
+    async def fetch() -> None:
+        wanted = count
+        try:
+            while True:
+                entries = await store.read(cursor, wanted, block)
+                if not entries:
+                    if timeout:
+                        await ready.put(None)
+                        return
+                    continue
+                for s, i, _ in entries:
+                    cursor[s] = i
+                wanted = _read_ahead(count, sum(len(d) for _, _, d in entries) // len(entries))
+                for batch in _per_stream(entries, count):
+                    await ready.put(batch)
+        except Exception as exc:  # noqa: BLE001 -- handed to the sender, which closes the socket with it
+            await ready.put(exc)
+
+    reader = asyncio.create_task(fetch())
+    try:
+        while True:
+            batch = await ready.get()
+            if batch is None:
+                return
+            if isinstance(batch, BaseException):
+                raise batch
+            await send(batch)
+    finally:
+        reader.cancel()
+        with contextlib.suppress(BaseException):
+            await reader
+
+
+def _per_stream(entries: list[Entry], count: int) -> Iterator[list[Entry]]:
+    """Batches of at most `count` entries per stream, as one XREAD COUNT `count` answers."""
+    batch: list[Entry] = []
+    taken: dict[str, int] = {}
+    for entry in entries:
+        if taken.get(entry[0], 0) == count:
+            yield batch
+            batch, taken = [], {}
+        batch.append(entry)
+        taken[entry[0]] = taken.get(entry[0], 0) + 1
+    if batch:
+        yield batch
+
+
+def _read_ahead(count: int, entry_size: int) -> int:
+    """Entries one read asks Redis for: `count`, or more while entries are small, up to
+    about READ_AHEAD_BYTES (by the size of the entries just read)."""
+    return max(count, min(READ_AHEAD_ENTRIES, READ_AHEAD_BYTES // max(entry_size, 1)))
 
 
 ROUTES = [push, pull]
