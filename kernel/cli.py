@@ -141,6 +141,7 @@ async def _serve(kernel: Any) -> None:
         server = uvicorn.Server(uvicorn.Config(
             app, log_config=None, access_log=False, server_header=False, lifespan="on",
             ws_per_message_deflate=config.ws_compression,
+            timeout_graceful_shutdown=config.shutdown_timeout,
         ))
         await server.serve(sockets=[listener])
     finally:

@@ -55,6 +55,9 @@ class KernelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: WebSocket per-message compression; off by default, since binary frames (images,
     #: tensors) rarely shrink and compressing them costs more than sending them.
     ws_compression: bool = False
+    #: Seconds a stopping server waits for open requests and WebSockets (long polls,
+    #: blocking pulls) before closing them.
+    shutdown_timeout: Annotated[float, msgspec.Meta(ge=0)] = 5.0
 
 
 class Config:

@@ -33,5 +33,7 @@ def kernel_add_options(group: OptionGroup) -> None:
     group.add_option("--max-models", type=int, metavar="N", help="loaded models kept at most, least recently used evicted")
     group.add_option("--max-model-bytes", type=int, metavar="BYTES", help="memory of loaded models kept at most")
     group.add_option("--max-body-size", type=int, metavar="BYTES", help="largest request body (default: 64 MiB)")
+    group.add_option("--shutdown-timeout", type=float, metavar="SECONDS",
+                     help="how long a stopping server waits for open requests and WebSockets (default: 5)")
     group.add_option("--ws-compression", action=argparse.BooleanOptionalAction,
                      help="WebSocket per-message compression (default: off)")

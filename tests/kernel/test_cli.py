@@ -187,3 +187,18 @@ def test_port_in_use_is_a_clear_error_before_plugins_start(tmp_path, serve):
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{server.port}" in result.stderr
     assert "failed to start" not in result.stderr  # no plugin was started
+
+
+def test_a_client_holding_a_connection_does_not_keep_a_stopping_server_alive(tmp_path, serve):
+    import socket
+    import time
+
+    server = serve("--plugins", "hello", "--shutdown-timeout", "0.5")
+    with socket.create_connection(("127.0.0.1", server.port)) as held:
+        # a request whose body never finishes arriving keeps its connection busy
+        held.sendall(b"POST /hello/x HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n[1")
+        time.sleep(0.2)
+        started = time.monotonic()
+        server.stop()  # SIGTERM; Server.stop kills only after 10 s
+        assert time.monotonic() - started < 5
+        assert server.proc.returncode in (0, -15)  # uvicorn ends by re-raising the signal
