@@ -96,6 +96,13 @@ def load(group: str, names: list[str]) -> list[PluginInfo]:
         )
     except MultipleMatches as exc:
         raise StartupError(str(exc)) from None
+    missing = [n for n in names if n not in manager.names()]
+    if missing:
+        # importlib.metadata sees them, stevedore's per-process cache does not: they were
+        # installed after this process first looked.
+        raise StartupError(
+            f"{GROUPS[group]} {', '.join(map(repr, missing))} installed while this process ran; restart it"
+        )
     return [_info(group, ext.entry_point, obj=ext.plugin) for ext in manager.extensions]
 
 

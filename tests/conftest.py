@@ -36,6 +36,12 @@ def test_plugins() -> None:
         check=True, capture_output=True,
     )
     importlib.invalidate_caches()
+    # stevedore keeps the entry points it saw in this process (per group, and per sys.path
+    # underneath); let it look again.
+    from stevedore import ExtensionManager, _cache
+
+    ExtensionManager.ENTRY_POINT_CACHE.clear()
+    _cache._c._internal.clear()
 
 
 def free_port() -> int:
