@@ -112,7 +112,7 @@ class FileStorage(Storage):
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return size
 
     def stream(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
@@ -143,10 +143,12 @@ class FileStorage(Storage):
         return sorted(keys)
 
     def delete(self, key: str) -> bool:
+        path = self._path(key)
         try:
-            self._path(key).unlink()
+            path.unlink()
         except FileNotFoundError:
             return False
+        fsync_dir(path.parent)
         return True
 
     def local_path(self, key: str) -> Path | None:
@@ -154,7 +156,9 @@ class FileStorage(Storage):
         return path if path.is_file() else None
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in the directory `path` durable (the entry itself, not only
+    the file's data, survives a crash)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

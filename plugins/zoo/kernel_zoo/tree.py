@@ -154,7 +154,7 @@ class ZooTree:
                 f"Model {final.stem} already exists in zoo {final.parent.parent.name}/{final.parent.name}"
             )
         os.replace(temp, final)
-        _fsync_dir(final.parent)
+        kernel.fsync_dir(final.parent)
         self.cache.put(final, final.stat(), info)
         self._listings.pop(final.parent, None)
 
@@ -165,14 +165,6 @@ class ZooTree:
             path.unlink()
         except FileNotFoundError:
             raise kernel.BadRequest(f"Model {model} is not found in zoo {org}/{zoo}") from None
-        _fsync_dir(path.parent)
+        kernel.fsync_dir(path.parent)
         self.cache.forget(path)
         self._listings.pop(path.parent, None)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

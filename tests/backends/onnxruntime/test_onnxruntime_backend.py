@@ -4,13 +4,11 @@ conversion with its cache; a real YOLOv8-layout model with dynamic shapes."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import subprocess
 import sys
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import numpy as np
 import onnx
@@ -18,9 +16,8 @@ import pytest
 from onnx import TensorProto, helper
 
 import kernel
+from tests.backends.served import Served
 from tests.realmodels import nudenet_320n
-
-T = TypeVar("T")
 
 DTYPES = {
     "FP32": (TensorProto.FLOAT, np.float32),
@@ -106,30 +103,6 @@ def write_darknet(folder: Path, name: str, values: int, seed: int = 0) -> None:
     data = rng.uniform(0.1, 1.0, values).astype("<f4")  # positive: valid variances
     header = np.array([0, 2, 0], "<i4").tobytes() + np.zeros(1, "<i8").tobytes()
     (folder / f"{name}.weights").write_bytes(header + data.tobytes())
-
-
-class Served:
-    """A started kernel and the event loop it lives on, for synchronous tests."""
-
-    def __init__(self, k: kernel.Kernel) -> None:
-        self.kernel = k
-        self.loop = asyncio.new_event_loop()
-        self.run(k.startup())
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self.loop.run_until_complete(coro)
-
-    def infer(self, name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.run(self.kernel.registry.infer(name, inputs))
-
-    def session(self, name: str) -> kernel.Session:
-        model = self.run(self.kernel.registry.load(name))
-        assert model.session is not None
-        return model.session
-
-    def close(self) -> None:
-        self.run(self.kernel.shutdown())
-        self.loop.close()
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import asyncio
 import logging
 import subprocess
 import sys
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -19,9 +19,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import kernel
+from tests.backends.served import Served
 from tests.realmodels import letterbox, photo, yolov3_tiny
 
-T = TypeVar("T")
 FORCE_ORT, FORCE_CV = 'backend = "onnxruntime"\n', 'backend = "opencv"\n'
 
 
@@ -186,30 +186,6 @@ def put(folder: Path, files: dict[str, bytes | str]) -> None:
     for name, content in files.items():
         path = folder / name
         path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
-
-
-class Served:
-    """A started kernel and the event loop it lives on, for synchronous tests."""
-
-    def __init__(self, k: kernel.Kernel) -> None:
-        self.kernel = k
-        self.loop = asyncio.new_event_loop()
-        self.run(k.startup())
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self.loop.run_until_complete(coro)
-
-    def infer(self, name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.run(self.kernel.registry.infer(name, inputs))
-
-    def session(self, name: str) -> kernel.Session:
-        model = self.run(self.kernel.registry.load(name))
-        assert model.session is not None
-        return model.session
-
-    def close(self) -> None:
-        self.run(self.kernel.shutdown())
-        self.loop.close()
 
 
 @pytest.fixture(scope="module")
