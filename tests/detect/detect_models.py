@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from tests.realmodels import yolov3_tiny
+from tests.tflite_flatbuffers import table as flatbuffer_table
+from tests.tflite_flatbuffers import vector as flatbuffer_vector
 
 
 def end2end_onnx(path: Path, rows: np.ndarray, names: Sequence[str], size: int = 640) -> Path:
@@ -61,17 +63,7 @@ def ssd_tflite(path: Path, outputs: Sequence[tuple[str, np.ndarray]], size: int 
 
     b = flatbuffers.Builder(4096)
 
-    def vector(values: list[Any], prepend: Callable[[Any], None], size: int = 4) -> int:
-        b.StartVector(size, len(values), size)
-        for value in reversed(values):
-            prepend(value)
-        return b.EndVector()
-
-    def table(fields: list[tuple[str, int, Any]]) -> int:
-        b.StartObject(max(slot for _, slot, _ in fields) + 1)
-        for kind, slot, value in fields:
-            getattr(b, f"Prepend{kind}Slot")(slot, value, 0)
-        return b.EndObject()
+    vector, table = partial(flatbuffer_vector, b), partial(flatbuffer_table, b)
 
     def tensor(name: str, shape: Sequence[int], buffer: int) -> int:
         # Tensor: shape (0), type (1), buffer (2), name (3).

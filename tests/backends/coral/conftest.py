@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ import pytest
 
 import kernel
 from tests import realmodels
+from tests.tflite_flatbuffers import table as flatbuffer_table
+from tests.tflite_flatbuffers import vector as flatbuffer_vector
 
 
 @pytest.fixture(scope="session")
@@ -46,17 +49,7 @@ def tflite_model(
     """
     b = flatbuffers.Builder(1024)
 
-    def vector(values: list[Any], prepend: Callable[[Any], None], size: int = 4) -> int:
-        b.StartVector(size, len(values), size)
-        for value in reversed(values):
-            prepend(value)
-        return b.EndVector()
-
-    def table(fields: list[tuple[str, int, Any]]) -> int:
-        b.StartObject(max(slot for _, slot, _ in fields) + 1)
-        for kind, slot, value in fields:
-            getattr(b, f"Prepend{kind}Slot")(slot, value, 0)
-        return b.EndObject()
+    vector, table = partial(flatbuffer_vector, b), partial(flatbuffer_table, b)
 
     def tensor(name: str, quant: tuple[float, int]) -> int:
         scales = vector([quant[0]], b.PrependFloat32)
