@@ -53,7 +53,8 @@ def rpc(scope: str | None, resource: Callable[[Any], str] = lambda _r: "server")
         @functools.wraps(method)
         async def handler(self: Servicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                if scope is not None:
+                # Without auth there is nothing to check: skip reading the metadata per call.
+                if scope is not None and self.auth:
                     await self.service.authorize(_token(context), scope, resource(request))
                 return await method(self, request, context)
             except KernelError as exc:
@@ -85,6 +86,7 @@ def _model_name(request: Any) -> str:
 class Servicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, service: OipService) -> None:
         self.service = service
+        self.auth = service.config.auth
 
     @rpc(None)
     async def ServerLive(self, request: Any, context: Any) -> Any:
@@ -122,14 +124,16 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
                 raise InvalidInput(f"unknown output {name!r}; the model gives {sorted(plan.output_names)}")
         inputs = service.decode(plan, _wire_inputs(request))
         results = select_outputs(await service.infer(model, plan, inputs), wanted)
-        response = pb.ModelInferResponse(
+        # Built in one constructor call: protobuf takes bytes only, so each output is copied
+        # once, from the array into the message.
+        return pb.ModelInferResponse(
             model_name=request.model_name, model_version=model.spec.version, id=request.id,
+            outputs=[
+                _Output(name=name, datatype=datatype_name(array.dtype), shape=array.shape)
+                for name, array in results.items()
+            ],
+            raw_output_contents=[bytes(raw(array)) for array in results.values()],
         )
-        add_output, contents = response.outputs.add, response.raw_output_contents
-        for name, array in results.items():
-            add_output(name=name, datatype=datatype_name(array.dtype), shape=array.shape)
-            contents.append(bytes(raw(array)))  # protobuf takes bytes only: the one copy
-        return response
 
     @rpc(READ)
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
@@ -148,6 +152,9 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
         await self.service.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
+
+
+_Output = pb.ModelInferResponse.InferOutputTensor
 
 
 def _wire_inputs(request: Any) -> list[WireTensor]:
