@@ -6,12 +6,16 @@ in several thread settings (`SETTINGS`), so one run compares them on the same ma
 Both servers run on loopback; every level is bounded by a request count and a deadline.
 Run from the repository root:
 
-    python -m bench.detect [--requests 30] [--deadline 60] [--settings default,serial]
+    python -m bench.detect [--requests 30] [--rounds 5] [--settings default,nospin,parallel-1t]
+
+The servers take turns in short rounds at each concurrency, so other load on a shared
+machine skews them alike; read the `x pyzm` ratios rather than absolute rates.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import threading
@@ -27,22 +31,52 @@ from tests.realmodels import photo
 MODEL = "320n"
 
 
-#: Kernel thread settings compared: onnxruntime's intra-op threads per inference and the
-#: kernel's inference workers (inferences at once).
+#: Kernel thread settings compared: onnxruntime's intra-op threads per inference, the
+#: kernel's inference workers (inferences at once), and whether idle runtime threads spin.
 SETTINGS: dict[str, list[str]] = {
     "default": [],
+    "nospin": ["--no-onnxruntime-spinning"],
     "serial": ["--infer-workers", "1"],
     "parallel-1t": ["--infer-workers", "2", "--onnxruntime-intra-op-threads", "1"],
+    "parallel-1t-nospin": ["--infer-workers", "2", "--onnxruntime-intra-op-threads", "1", "--no-onnxruntime-spinning"],
 }
 
 
-def load(url: str, image: bytes, clients: int, requests: int, deadline: float) -> dict[str, float]:
-    """`clients` threads posting /infer until `requests` each or the deadline; /health
-    sampled alongside."""
-    latencies: list[float] = []
-    health: list[float] = []
+class Sample:
+    """What one server did at one concurrency, summed over rounds."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.health: list[float] = []
+        self.elapsed = 0.0
+        self.cpu = 0.0
+
+    def row(self) -> dict[str, float]:
+        cuts = statistics.quantiles(self.latencies, n=20)
+        health = sorted(self.health)
+        return {
+            "n": len(self.latencies), "rps": len(self.latencies) / self.elapsed,
+            "cpu_ms": self.cpu / len(self.latencies) * 1000,
+            "p50": statistics.median(self.latencies) * 1000, "p95": cuts[18] * 1000,
+            "health_p50": statistics.median(health) * 1000 if health else float("nan"),
+            "health_p99": health[min(len(health) - 1, int(len(health) * 0.99))] * 1000 if health else float("nan"),
+            "health_max": health[-1] * 1000 if health else float("nan"),
+        }
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process (all its threads) has used: user + system, from /proc (Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load(url: str, image: bytes, clients: int, requests: int, stop_at: float, into: Sample) -> None:
+    """`clients` threads posting /infer, `requests` each (or until `stop_at`), with /health
+    probed alongside every 20 ms."""
     lock = threading.Lock()
-    stop_at = time.monotonic() + deadline
     running = threading.Event()
     running.set()
 
@@ -58,18 +92,16 @@ def load(url: str, image: bytes, clients: int, requests: int, deadline: float) -
                 if r.json().get("error"):
                     raise RuntimeError(r.json()["error"])
                 with lock:
-                    latencies.append(time.perf_counter() - started)
+                    into.latencies.append(time.perf_counter() - started)
 
     def prober() -> None:
         with httpx.Client(timeout=60) as http:
             while running.is_set() and time.monotonic() < stop_at:
                 started = time.perf_counter()
                 http.get(url + "/health")
-                health.append(time.perf_counter() - started)
-                time.sleep(0.05)
+                into.health.append(time.perf_counter() - started)
+                time.sleep(0.02)
 
-    for _ in range(2):  # warm-up: first load and first run
-        httpx.post(url + "/infer", data={"type": "object", "name": MODEL}, files={"image": ("b.jpg", image)}, timeout=60)
     threads = [threading.Thread(target=client) for _ in range(clients)]
     probe = threading.Thread(target=prober)
     started = time.perf_counter()
@@ -78,22 +110,40 @@ def load(url: str, image: bytes, clients: int, requests: int, deadline: float) -
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - started
+    into.elapsed += time.perf_counter() - started
     running.clear()
     probe.join()
-    cuts = statistics.quantiles(latencies, n=20)
-    return {
-        "rps": len(latencies) / elapsed, "p50": statistics.median(latencies) * 1000, "p95": cuts[18] * 1000,
-        "health_p50": statistics.median(health) * 1000 if health else float("nan"),
-        "health_max": max(health) * 1000 if health else float("nan"), "n": len(latencies),
-    }
+
+
+def measure(servers: dict[str, tuple[str, int]], image: bytes, requests: int, rounds: int,
+            deadline: float) -> list[tuple[str, int, dict[str, float]]]:
+    """Every server at 1, 2 and 4 clients. The servers take turns in `rounds` short rounds,
+    so load from other processes on a shared machine falls on all of them alike. Each
+    server's CPU time per request is what the machine's load does not change much."""
+    for url, _ in servers.values():  # warm-up: first load and first run
+        for _ in range(2):
+            httpx.post(url + "/infer", data={"type": "object", "name": MODEL}, files={"image": ("b.jpg", image)}, timeout=60)
+    rows = []
+    per_round = max(1, requests // rounds)
+    for clients in (1, 2, 4):
+        samples = {name: Sample() for name in servers}
+        stop_at = time.monotonic() + deadline
+        for _ in range(rounds):
+            for name, (url, pid) in servers.items():
+                before = cpu_seconds(pid)
+                load(url, image, clients, per_round, stop_at, samples[name])
+                samples[name].cpu += cpu_seconds(pid) - before
+        rows += [(name, clients, samples[name].row()) for name in servers]
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=30, help="requests per client per level")
-    parser.add_argument("--deadline", type=float, default=60, help="seconds at most per level")
-    parser.add_argument("--settings", default=",".join(SETTINGS), help=f"kernel settings to run, of {', '.join(SETTINGS)}")
+    parser.add_argument("--requests", type=int, default=30, help="requests per client per level and server")
+    parser.add_argument("--rounds", type=int, default=5, help="turns the servers take at each level")
+    parser.add_argument("--deadline", type=float, default=180, help="seconds at most per level (all servers)")
+    parser.add_argument("--settings", default="default,nospin,parallel-1t,parallel-1t-nospin",
+                        help=f"kernel settings to run, of {', '.join(SETTINGS)}")
     args = parser.parse_args()
     chosen = [name.strip() for name in args.settings.split(",") if name.strip()]
     unknown = set(chosen) - set(SETTINGS)
@@ -110,20 +160,20 @@ def main() -> None:
             for name in chosen
         }
         try:
-            servers = {"pyzm.serve": theirs.wait_ready().url} | {k: s.wait_ready().url for k, s in ours.items()}
-            rows = []
-            for clients in (1, 2, 4):
-                for name, url in servers.items():
-                    rows.append((name, clients, load(url, image, clients, args.requests, args.deadline)))
+            servers = {"pyzm.serve": (theirs.wait_ready().url, theirs.proc.pid)}
+            servers |= {k: (s.wait_ready().url, s.proc.pid) for k, s in ours.items()}
+            rows = measure(servers, image, args.requests, args.rounds, args.deadline)
         finally:
             for server in ours.values():
                 server.stop()
             theirs.stop()
-    print("| server | clients | requests | req/s | p50 ms | p95 ms | /health p50 ms | /health max ms |")
-    print("|---|---|---|---|---|---|---|---|")
+    base_rps = {clients: r["rps"] for name, clients, r in rows if name == "pyzm.serve"}
+    print("| server | clients | requests | req/s | x pyzm | p50 ms | p95 ms | CPU ms/req "
+          "| /health p50 ms | /health p99 ms | /health max ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, clients, r in rows:
-        print(f"| {name} | {clients} | {r['n']:.0f} | {r['rps']:.1f} | {r['p50']:.0f} | {r['p95']:.0f} "
-              f"| {r['health_p50']:.1f} | {r['health_max']:.1f} |")
+        print(f"| {name} | {clients} | {r['n']:.0f} | {r['rps']:.1f} | {r['rps'] / base_rps[clients]:.2f} "
+              f"| {r['p50']:.0f} | {r['p95']:.0f} | {r['cpu_ms']:.0f} | {r['health_p50']:.1f} | {r['health_p99']:.1f} | {r['health_max']:.1f} |")
 
 
 if __name__ == "__main__":
