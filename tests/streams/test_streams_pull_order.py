@@ -60,3 +60,36 @@ def test_several_streams_keep_count_per_stream_and_each_streams_order(streams, r
     got = [e for b in batches for e in b]
     assert [d for s, _, d in got if s == "left"] == [b"L%d" % i for i in range(50)]
     assert [d for s, _, d in got if s == "right"] == [b"R%d" % i for i in range(50)]
+
+
+def test_a_timeout_counts_from_the_last_batch_sent_even_to_a_slow_consumer(streams, redis_server):
+    """The next read waits in Redis while a slow consumer still takes the last read's
+    batches; an entry that arrives after that read gave up but within `timeout` of the last
+    send is still delivered before the socket closes."""
+    client = redis_server.client()
+    with client.pipeline(transaction=False) as pipe:
+        for i in range(200):
+            pipe.xadd("slow", {b"d": b"s%d" % i})
+        pipe.execute()
+    url = streams.url.replace("http://", "ws://") + "/data/slow/pull?last_entry_id=0&count=1&ack=true&timeout=400"
+
+    async def consume() -> tuple[list[bytes], int]:
+        got: list[bytes] = []
+        async with websockets.connect(url, additional_headers=_headers(streams)) as ws:
+            started = asyncio.get_running_loop().time()
+            try:
+                while True:
+                    json.loads(await asyncio.wait_for(ws.recv(), 10))
+                    got.append(await asyncio.wait_for(ws.recv(), 10))
+                    if len(got) == 150:
+                        # past the waiting read's 400 ms, while batches are still going out
+                        await asyncio.sleep(max(0.0, started + 0.6 - asyncio.get_running_loop().time()))
+                        client.xadd("slow", {b"d": b"late"})
+                    await asyncio.sleep(0.003)
+                    await ws.send(b"")
+            except websockets.ConnectionClosed as exc:
+                return got, exc.rcvd.code
+        raise AssertionError("not closed")
+
+    got, code = asyncio.run(consume())
+    assert got == [b"s%d" % i for i in range(200)] + [b"late"] and code == 1000

@@ -2,8 +2,8 @@
 
 Both hold a bounded amount of data per socket. A push reads at most `push_queue` messages
 ahead of Redis, then stops reading (TCP slows the sender); a pull reads Redis at most one
-read ahead of the batch the socket is sending, and that send waits while the client is
-slow. Errors close the socket with a code and a reason: 1003 wrong frame type, 1007 a
+read ahead of the read whose batches the socket is sending, and that send waits while the
+client is slow. Errors close the socket with a code and a reason: 1003 wrong frame type, 1007 a
 malformed batch, 1008 a bad query or an entry Redis refused, 1013 the data store is down.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -249,43 +250,41 @@ async def _newest_batches(store: StreamStore, sids: list[str], cursor: dict[str,
 async def _batches_in_order(store: StreamStore, cursor: dict[str, str], count: int, block: int,
                             timeout: int | None, send: Send) -> None:
     """Every entry in order, in batches of `count`. The next read from Redis overlaps the
-    sending of the last batch, and one read fetches several batches of small entries; at
-    most one read and one batch are held beyond the batch being sent. Returns when
-    `timeout` passes without an entry (counted from the read, which may start while the
-    last batch is still being sent)."""
-    ready: asyncio.Queue[list[Entry] | BaseException | None] = asyncio.Queue(1)
+    sending of the last read's batches, and one read fetches several batches of small
+    entries; at most the read being sent and the next one are held. Returns when `timeout`
+    ms pass after the last batch was sent without an entry."""
 
-    async def fetch() -> None:
-        wanted = count
-        try:
-            while True:
-                entries = await store.read(cursor, wanted, block)
-                if not entries:
-                    if timeout:
-                        await ready.put(None)
-                        return
-                    continue
-                for s, i, _ in entries:
-                    cursor[s] = i
-                wanted = _read_ahead(count, sum(len(d) for _, _, d in entries) // len(entries))
-                for batch in _per_stream(entries, count):
-                    await ready.put(batch)
-        except Exception as exc:  # noqa: BLE001 -- handed to the sender, which closes the socket with it
-            await ready.put(exc)
+    async def fetch(wanted: int, wait_ms: int) -> list[Entry]:
+        while True:
+            entries = await store.read(cursor, wanted, wait_ms)
+            if entries or timeout:
+                return entries
 
-    reader = asyncio.create_task(fetch())
+    wanted = count
+    pending = asyncio.ensure_future(fetch(wanted, block))
+    sent_at: float | None = None  # when the last batch went out, if after `pending` began
     try:
         while True:
-            batch = await ready.get()
-            if batch is None:
-                return
-            if isinstance(batch, BaseException):
-                raise batch
-            await send(batch)
+            entries = await pending
+            if not entries:
+                # the read may have begun while batches were still going out: wait the rest
+                left = 0 if sent_at is None else int(block - (time.monotonic() - sent_at) * 1000)
+                if left < 1:
+                    return
+                pending, sent_at = asyncio.ensure_future(fetch(wanted, left)), None
+                continue
+            for s, i, _ in entries:
+                cursor[s] = i
+            wanted = _read_ahead(count, sum(len(d) for _, _, d in entries) // len(entries))
+            pending = asyncio.ensure_future(fetch(wanted, block))
+            # the batches go out from this task: handing each to another cost a task switch
+            for batch in _per_stream(entries, count):
+                await send(batch)
+            sent_at = time.monotonic()
     finally:
-        reader.cancel()
+        pending.cancel()
         with contextlib.suppress(BaseException):
-            await reader
+            await pending
 
 
 def _per_stream(entries: list[Entry], count: int) -> Iterator[list[Entry]]:
