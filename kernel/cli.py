@@ -133,13 +133,15 @@ def serve(argv: list[str]) -> None:
 async def _serve(kernel: Any) -> None:
     import uvicorn
 
+    from kernel.zerocopy import with_zerocopy_send
+
     config = kernel.config.kernel
     app = kernel.app  # route problems surface before any plugin starts
     listener = _listen(config.host, config.port)  # so does a port already in use
     try:
         await kernel.startup()
         server = uvicorn.Server(uvicorn.Config(
-            app, log_config=None, access_log=False, server_header=False, lifespan="on",
+            with_zerocopy_send(app), log_config=None, access_log=False, server_header=False, lifespan="on",
             ws_per_message_deflate=config.ws_compression,
             timeout_graceful_shutdown=config.shutdown_timeout,
         ))

@@ -1,0 +1,58 @@
+"""The ASGI zero-copy send extension the kernel adds to its server: files go out with
+sendfile, whole or in part, keep-alive goes on after them, and a client leaving mid-file
+costs the server nothing."""
+
+import os
+import socket
+import struct
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.usefixtures("test_plugins")
+
+SIZE = 8 * 1024 * 1024  # larger than a socket's buffer, so sendfile has to wait and resume
+
+
+@pytest.fixture
+def blob(tmp_path):
+    data = os.urandom(SIZE)
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    return path, data
+
+
+@pytest.fixture
+def server(serve, blob):
+    return serve("--plugins", "sendfile", KERNEL_TEST_SENDFILE=str(blob[0]))
+
+
+def test_a_file_is_sent_whole_and_in_part_on_one_kept_alive_connection(server, blob):
+    _, data = blob
+    with httpx.Client(base_url=server.url) as client:
+        whole = client.get("/sendfile")
+        part = client.get("/sendfile", params={"offset": 1000, "count": 123_457})
+        tail = client.get("/sendfile", params={"offset": SIZE - 10})
+    assert whole.headers["x-zerocopy"] == "offered"
+    assert whole.content == data
+    assert part.content == data[1000:1000 + 123_457]
+    assert tail.content == data[-10:]
+
+
+def test_without_a_content_length_the_file_goes_out_chunked(server, blob):
+    answer = httpx.get(server.url + "/sendfile", params={"offset": 5, "chunked": "true"})
+    assert answer.headers["transfer-encoding"] == "chunked"
+    assert answer.content == blob[1][5:]
+
+
+def test_a_client_leaving_mid_file_leaves_the_server_serving(server, blob):
+    for _ in range(3):
+        with socket.socket() as sock:
+            # A small receive window holds the server mid-file until the reset below.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", server.port))
+            sock.sendall(b"GET /sendfile HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(65536)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    assert httpx.get(server.url + "/sendfile").content == blob[1]
+    assert "Traceback" not in server.output() and " ERROR " not in server.output()
