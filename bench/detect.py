@@ -15,8 +15,11 @@ machine skews them alike; read the `x pyzm` ratios rather than absolute rates.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -35,6 +38,7 @@ MODEL = "320n"
 #: kernel's inference workers (inferences at once), and whether idle runtime threads spin.
 SETTINGS: dict[str, list[str]] = {
     "default": [],
+    "not-niced": ["--infer-nice", "0"],
     "nospin": ["--no-onnxruntime-spinning"],
     "serial": ["--infer-workers", "1"],
     "parallel-1t": ["--infer-workers", "2", "--onnxruntime-intra-op-threads", "1"],
@@ -73,12 +77,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+#: Probes GET /health every 20 ms until its stdin closes (or the seconds given pass), then
+#: prints the latencies as JSON. One connection, kept alive, as a monitor would.
+PROBE = """
+import http.client, json, select, sys, time, urllib.parse
+url, budget = urllib.parse.urlsplit(sys.argv[1]), float(sys.argv[2])
+conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+times, deadline = [], time.monotonic() + budget
+while time.monotonic() < deadline and not select.select([sys.stdin], [], [], 0.02)[0]:
+    started = time.perf_counter()
+    conn.request("GET", "/health")
+    conn.getresponse().read()
+    times.append(time.perf_counter() - started)
+print(json.dumps(times))
+"""
+
+
 def load(url: str, image: bytes, clients: int, requests: int, stop_at: float, into: Sample) -> None:
     """`clients` threads posting /infer, `requests` each (or until `stop_at`), with /health
     probed alongside every 20 ms."""
     lock = threading.Lock()
-    running = threading.Event()
-    running.set()
 
     def client() -> None:
         with httpx.Client(timeout=60) as http:
@@ -94,25 +112,18 @@ def load(url: str, image: bytes, clients: int, requests: int, stop_at: float, in
                 with lock:
                     into.latencies.append(time.perf_counter() - started)
 
-    def prober() -> None:
-        with httpx.Client(timeout=60) as http:
-            while running.is_set() and time.monotonic() < stop_at:
-                started = time.perf_counter()
-                http.get(url + "/health")
-                into.health.append(time.perf_counter() - started)
-                time.sleep(0.02)
-
     threads = [threading.Thread(target=client) for _ in range(clients)]
-    probe = threading.Thread(target=prober)
+    # The prober is a process of its own: a thread here would wait on this process's GIL
+    # behind the clients, and its waits would count against the server.
+    probe = subprocess.Popen([sys.executable, "-c", PROBE, url, str(max(0.0, stop_at - time.monotonic()))],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     started = time.perf_counter()
-    probe.start()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     into.elapsed += time.perf_counter() - started
-    running.clear()
-    probe.join()
+    into.health += json.loads(probe.communicate("", timeout=60)[0])
 
 
 def measure(servers: dict[str, tuple[str, int]], image: bytes, requests: int, rounds: int,

@@ -214,7 +214,7 @@ class Kernel:
         self.plugin_set = plugins
         self.config = config
         self.metrics = Metrics()
-        self.pool = InferencePool(config.kernel.infer_workers, config.kernel.infer_queue)
+        self.pool = InferencePool(config.kernel.infer_workers, config.kernel.infer_queue, config.kernel.infer_nice)
         self.registry = ModelRegistry(
             plugins.backends,
             self.pool,

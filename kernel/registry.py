@@ -296,7 +296,7 @@ class ModelRegistry:
         model.state, model.error = LOADING, None
         started = time.perf_counter()
         try:
-            session = await asyncio.to_thread(backend.load, model.spec)
+            session = await self.pool.load(backend.load, model.spec)
         except Exception as exc:
             model.state, model.error = FAILED, f"{type(exc).__name__}: {exc}"
             log.error("loading model %s with %s failed: %s", model.name, backend.name, model.error)

@@ -28,6 +28,9 @@ def kernel_add_options(group: OptionGroup) -> None:
     group.add_option("--token-secret", metavar="SECRET",
                      help="secret signing the kernel's tokens, at least 32 bytes (default: generated in the state dir)")
     group.add_option("--infer-workers", type=int, metavar="N", help="threads running inference at once")
+    group.add_option("--infer-nice", type=int, metavar="N",
+                     help="priority steps (0-19) below the event loop that inference runs at, so health checks "
+                          "and light routes stay fast while it keeps the cores busy (Linux; default: 10)")
     group.add_option("--infer-queue", type=int, metavar="N",
                      help="inference requests that may wait for a thread before the server answers 503 (default: 64)")
     group.add_option("--max-models", type=int, metavar="N", help="loaded models kept at most, least recently used evicted")

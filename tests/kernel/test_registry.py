@@ -4,6 +4,8 @@ unload, LRU eviction, rescans, names, and a full inference queue."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 import time
 from typing import ClassVar
@@ -26,6 +28,7 @@ class MatrixSession(kernel.Session):
         self.closed = False
 
     def run(self, inputs):
+        MatrixBackend.priorities["run"] = thread_priority()
         if self.gate is not None:
             assert self.gate.wait(10)
         return {"y": inputs["x"] @ self.weights}
@@ -40,11 +43,17 @@ class MatrixBackend(kernel.Backend):
     formats = frozenset({"npy"})
     loads: ClassVar[list[str]] = []
     gate: ClassVar[threading.Event | None] = None
+    priorities: ClassVar[dict[str, int]] = {}
 
     def load(self, spec):
+        type(self).priorities["load"] = thread_priority()
         time.sleep(0.2)  # a load long enough for concurrent first requests to overlap
         type(self).loads.append(spec.qualified)
         return MatrixSession(np.load(spec.path).astype(np.float32), type(self).gate)
+
+
+def thread_priority() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
 
 @pytest.fixture
@@ -78,6 +87,22 @@ async def test_twenty_concurrent_first_requests_cause_one_load(tmp_path, models)
     assert MatrixBackend.loads == ["dir.double"]
     assert all(np.array_equal(r["y"], [[2, 2, 2]]) for r in results)
     assert k.registry.get("dir.double").state == "ready"
+
+
+@pytest.mark.anyio
+@pytest.mark.skipif(sys.platform != "linux", reason="thread priorities are Linux's")
+@pytest.mark.parametrize("nice", [None, 0, 5])
+async def test_loads_inference_and_offloaded_work_run_below_the_event_loop(tmp_path, models, nice):
+    k = make(tmp_path, models, **({} if nice is None else {"infer_nice": nice}))
+    steps = 10 if nice is None else nice
+    await k.registry.rescan()
+    MatrixBackend.priorities = {}
+    await k.registry.infer("double", X)
+    offloaded = await k.pool.offload(thread_priority)
+    here = thread_priority()
+    assert MatrixBackend.priorities == {"load": here + steps, "run": here + steps}
+    assert offloaded == here + steps
+    k.pool.close()
 
 
 @pytest.mark.anyio

@@ -3,8 +3,9 @@
 Models are registry models. Detect's own (source `detect`) answer to their published
 names; any other registry model (a `--model-dir` model, a zoo upload) answers to its
 registry name, and is detectable when a decoder fits its outputs. Inference goes through
-`registry.infer` (the kernel's bounded thread pool); image preparation and decoding run in
-worker threads, so the event loop only routes requests.
+`registry.infer` (the kernel's bounded thread pool); image preparation and decoding run on
+the pool's helper threads (`pool.offload`, at inference's lowered priority), so the event
+loop only routes requests and stays quick while frames are worked on.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ class DetectService:
         """One model on one frame: detections above the threshold, in frame pixels."""
         profile = await self.profile(served)
         letterbox = profile.decoder != "ssd"
-        blob, geometry = await asyncio.to_thread(
+        blob, geometry = await self.kernel.pool.offload(
             prepare, frame, profile.width, profile.height, profile.layout, profile.dtype, letterbox,
         )
         try:
@@ -161,11 +162,11 @@ class DetectService:
         if threshold is None:
             threshold = served.min_confidence if served.min_confidence is not None else self.settings.config.min_confidence
         arrays = [outputs[name] for name in profile.outputs]
-        found = await asyncio.to_thread(decoders.decode, profile.decoder, arrays, geometry, threshold, profile.labels)
+        found = await self.kernel.pool.offload(decoders.decode, profile.decoder, arrays, geometry, threshold, profile.labels)
         return [Found(d.label, d.confidence, d.box, served.name) for d in found]
 
     async def decode(self, data: bytes) -> np.ndarray:
-        return await asyncio.to_thread(decode_image, data)
+        return await self.kernel.pool.offload(decode_image, data)
 
     async def fetch_frame(self, url: str, verify: bool, cache: bool = False) -> np.ndarray:
         """A decoded frame fetched from `url` (with credentials already in it); /infer's
