@@ -38,7 +38,7 @@ MODEL = "320n"
 #: kernel's inference workers (inferences at once), and whether idle runtime threads spin.
 SETTINGS: dict[str, list[str]] = {
     "default": [],
-    "not-niced": ["--infer-nice", "0"],
+    "niced": ["--infer-nice", "10"],
     "nospin": ["--no-onnxruntime-spinning"],
     "serial": ["--infer-workers", "1"],
     "parallel-1t": ["--infer-workers", "2", "--onnxruntime-intra-op-threads", "1"],

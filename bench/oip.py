@@ -12,7 +12,7 @@ Python work does not hide the server's. Then, with dynamic batching on and 16 co
 gRPC clients, the throughput as a fraction of the runtime's own batched throughput, and
 how the CPU time split between server and clients.
 
-    python bench/oip.py [--tiny N] [--detector N] [--seconds S] [--no-mlserver]
+    python bench/oip.py [--tiny N] [--detector N] [--seconds S] [--no-mlserver] [--server-args ARGS]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import functools
 import http.client
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -79,8 +80,10 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
 
 
 def timed(raw: Callable[[], object], call: Callable[[], object], count: int,
-          budget: float) -> tuple[list[float], list[float]]:
-    """Alternate a direct runtime call and a server call; the samples of each."""
+          budget: float, settle: float) -> tuple[list[float], list[float]]:
+    """Alternate a direct runtime call and a server call; the samples of each. Each call
+    waits `settle` seconds first: a runtime's threads spin for a while after a call, and
+    would otherwise take the cores from the other side's next one."""
     raw()
     call()  # warm up: loads, connections
     raws: list[float] = []
@@ -88,6 +91,7 @@ def timed(raw: Callable[[], object], call: Callable[[], object], count: int,
     deadline = time.monotonic() + budget
     for _ in range(count):
         for fn, into in ((raw, raws), (call, samples)):
+            time.sleep(settle)
             started = time.perf_counter()
             fn()
             into.append(time.perf_counter() - started)
@@ -113,7 +117,7 @@ class Requests:
 
 
 def measure_server(http_addr: str, grpc_addr: str, name: str, req: Requests, raw: Callable[[], object],
-                   count: int, budget: float) -> dict:
+                   count: int, budget: float, settle: float) -> dict:
     """Per path: (p50, p99) of the server and the runtime's p50 in the same run, or an error."""
     rows: dict = {}
     options = [("grpc.max_receive_message_length", 1 << 30), ("grpc.max_send_message_length", 1 << 30)]
@@ -138,7 +142,7 @@ def measure_server(http_addr: str, grpc_addr: str, name: str, req: Requests, raw
                             ("REST binary", post(req.binary, req.binary_headers)),
                             ("gRPC", lambda: stub.ModelInfer(req.grpc, timeout=60))):
             try:
-                raws, samples = timed(raw, call, count, budget)
+                raws, samples = timed(raw, call, count, budget, settle)
                 rows[label] = (*percentiles(samples), percentiles(raws)[0])
             except (RuntimeError, grpc.RpcError) as exc:
                 rows[label] = str(exc).splitlines()[0][:60]
@@ -230,6 +234,7 @@ def main() -> None:
     parser.add_argument("--detector", type=int, default=20, help="requests per row for the detector")
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each throughput run")
     parser.add_argument("--no-mlserver", action="store_true")
+    parser.add_argument("--server-args", default="", help="more `kernel serve` options, e.g. \"--infer-workers 1\"")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="oip-bench-"))
@@ -247,9 +252,11 @@ def main() -> None:
     detector_input = ort.InferenceSession(str(detector_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
     rng = np.random.default_rng(0)
     cases = {
-        "tiny": ("tiny", tiny_path, "x", np.ones((1, 4), np.float32), args.tiny),
+        # (model, file, input, tensor, requests, settle): a tiny model's runs are too short
+        # to wake the runtime's threads, a detector's are not.
+        "tiny": ("tiny", tiny_path, "x", np.ones((1, 4), np.float32), args.tiny, 0.0),
         "detector 640x640": ("detector", detector_path, detector_input,
-                             rng.random((1, 3, 640, 640), dtype=np.float32), args.detector),
+                             rng.random((1, 3, 640, 640), dtype=np.float32), args.detector, 0.05),
     }
 
     table: list[tuple[str, ...]] = []
@@ -263,22 +270,23 @@ def main() -> None:
                           f"{p50 - raw_p50:+.2f}", f"{(p50 - raw_p50) / raw_p50:+.0%}" if raw_p50 >= 1 else ""))
 
     server = Server(["--plugins", "oip", "--model-dir", str(models), "--oip-grpc-port", str(grpc_port := free_port()),
-                     "--log-level", "warning"], root / "home")
+                     "--log-level", "warning", *shlex.split(args.server_args)], root / "home")
     mlserver = None
     try:
         server.wait_ready(60)
         if not args.no_mlserver:
             mlserver = start_mlserver(root, {"tiny": tiny_path, "detector": detector_path})
-        for case, (name, path, input_name, x, count) in cases.items():
+        for case, (name, path, input_name, x, count, settle) in cases.items():
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             req = Requests(name, input_name, x)
             direct = functools.partial(session.run, None, {input_name: x})
             for label, value in measure_server(f"127.0.0.1:{server.port}", f"127.0.0.1:{grpc_port}", name, req,
-                                               direct, count, 30).items():
+                                               direct, count, 30, settle).items():
                 add(case, "kernel", label, value)
             if mlserver is not None:
                 ml_addr = mlserver[1].removeprefix("http://")
-                for label, value in measure_server(ml_addr, mlserver[2], name, req, direct, count, 30).items():
+                for label, value in measure_server(ml_addr, mlserver[2], name, req, direct, count, 30,
+                                                   settle).items():
                     add(case, "MLServer", label, value)
         batched = {
             "tiny": ("tiny", tiny_path, "x", np.ones((1, 4), np.float32)),

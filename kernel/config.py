@@ -45,7 +45,7 @@ class KernelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Threads running model loads and inference at once.
     infer_workers: Annotated[int, msgspec.Meta(ge=1)] = msgspec.field(default_factory=lambda: min(4, os.cpu_count() or 1))
     #: How many steps below the event loop's priority loads and inference run (Linux).
-    infer_nice: Annotated[int, msgspec.Meta(ge=0, le=19)] = 10
+    infer_nice: Annotated[int, msgspec.Meta(ge=0, le=19)] = 0
     #: Inference requests that may wait for a thread before the server answers 503.
     infer_queue: Annotated[int, msgspec.Meta(ge=0)] = 64
     #: Loaded models kept at most (least recently used evicted first); None = no limit.

@@ -5,10 +5,11 @@ tensors between processes. The pool admits at most `workers + queue` calls at on
 beyond that it answers `Unavailable` (HTTP 503 with Retry-After) instead of letting work
 pile up behind a slow model.
 
-On Linux its threads run `nice` steps below the event loop, and so do the threads a
+On Linux its threads may run `nice` steps below the event loop, and so do the threads a
 runtime starts from them (a thread inherits its creator's priority): when inference keeps
 every core busy, the loop still gets a core as soon as a request arrives, so health
-checks and light routes stay fast.
+checks and light routes stay fast. Off by default: niced inference also yields to every
+other busy process on the machine.
 """
 
 from __future__ import annotations

@@ -29,8 +29,9 @@ def kernel_add_options(group: OptionGroup) -> None:
                      help="secret signing the kernel's tokens, at least 32 bytes (default: generated in the state dir)")
     group.add_option("--infer-workers", type=int, metavar="N", help="threads running inference at once")
     group.add_option("--infer-nice", type=int, metavar="N",
-                     help="priority steps (0-19) below the event loop that inference runs at, so health checks "
-                          "and light routes stay fast while it keeps the cores busy (Linux; default: 10)")
+                     help="priority steps (0-19) below the event loop that loads and inference run at, so health "
+                          "checks stay fast while inference keeps the cores busy; it also yields to every other "
+                          "process (Linux; default: 0)")
     group.add_option("--infer-queue", type=int, metavar="N",
                      help="inference requests that may wait for a thread before the server answers 503 (default: 64)")
     group.add_option("--max-models", type=int, metavar="N", help="loaded models kept at most, least recently used evicted")

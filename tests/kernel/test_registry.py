@@ -91,10 +91,10 @@ async def test_twenty_concurrent_first_requests_cause_one_load(tmp_path, models)
 
 @pytest.mark.anyio
 @pytest.mark.skipif(sys.platform != "linux", reason="thread priorities are Linux's")
-@pytest.mark.parametrize("nice", [None, 0, 5])
+@pytest.mark.parametrize("nice", [None, 5])
 async def test_loads_inference_and_offloaded_work_run_below_the_event_loop(tmp_path, models, nice):
     k = make(tmp_path, models, **({} if nice is None else {"infer_nice": nice}))
-    steps = 10 if nice is None else nice
+    steps = 0 if nice is None else nice
     await k.registry.rescan()
     MatrixBackend.priorities = {}
     await k.registry.infer("double", X)
