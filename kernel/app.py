@@ -220,6 +220,7 @@ class Kernel:
             self.pool,
             RegistryLimits(config.kernel.max_models, config.kernel.max_model_bytes),
             observe=lambda name, s: self.metrics.inference_seconds.labels(name).observe(s),
+            inline_seconds=config.kernel.infer_inline_us / 1e6,
         )
         self.registry.subscribe(self._count_loaded)
         self.auth = Auth(self)

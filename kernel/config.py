@@ -46,6 +46,9 @@ class KernelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     infer_workers: Annotated[int, msgspec.Meta(ge=1)] = msgspec.field(default_factory=lambda: min(4, os.cpu_count() or 1))
     #: How many steps below the event loop's priority loads and inference run (Linux).
     infer_nice: Annotated[int, msgspec.Meta(ge=0, le=19)] = 0
+    #: Models whose runs take less than this many microseconds run on the event loop,
+    #: skipping the hop to a pool thread and back (about 0.1 ms); 0 always uses the pool.
+    infer_inline_us: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 200
     #: Inference requests that may wait for a thread before the server answers 503.
     infer_queue: Annotated[int, msgspec.Meta(ge=0)] = 64
     #: Loaded models kept at most (least recently used evicted first); None = no limit.

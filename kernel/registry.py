@@ -91,6 +91,8 @@ class Model:
         self._active = 0
         #: A session unloaded while inference was still running on it: closed when idle.
         self._closing: Session | None = None
+        #: Recent seconds per run of the loaded session (a moving average), None until run.
+        self._run_seconds: float | None = None
 
     @property
     def name(self) -> str:
@@ -118,6 +120,16 @@ class RegistryLimits(msgspec.Struct, frozen=True):
     max_bytes: int | None = None
 
 
+#: Inputs larger than this always go to the pool, however fast the model's recent runs.
+INLINE_INPUT_BYTES = 64 * 1024
+
+
+def _timed_infer(session: Session, inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+    started = time.perf_counter()
+    outputs = session.infer(inputs)
+    return outputs, time.perf_counter() - started
+
+
 def _version_key(version: str) -> tuple[int, int | str]:
     return (0, int(version)) if version.isdigit() else (1, version)
 
@@ -129,9 +141,11 @@ class ModelRegistry:
         pool: InferencePool,
         limits: RegistryLimits | None = None,
         observe: Callable[[str, float], None] | None = None,
+        inline_seconds: float = 0.0,
     ) -> None:
         self.backends = backends
         self.pool = pool
+        self.inline_seconds = inline_seconds
         self.limits = limits or RegistryLimits()
         self._observe = observe
         self._sources: list[ModelSource] = []
@@ -350,7 +364,7 @@ class ModelRegistry:
 
     def _release(self, model: Model) -> bool:
         self._lru.pop(model, None)
-        session, model.session = model.session, None
+        session, model.session, model._run_seconds = model.session, None, None
         if model.state in (READY, FAILED):
             model.state, model.error = AVAILABLE, None
         if session is None:
@@ -364,13 +378,22 @@ class ModelRegistry:
     async def infer(
         self, name: str, inputs: Mapping[str, np.ndarray], version: str | None = None
     ) -> dict[str, np.ndarray]:
-        """Run a model (loading it first if needed) in the inference pool."""
+        """Run a model (loading it first if needed) in the inference pool, or right here
+        when its runs are shorter than a hop to a pool thread and back (`inline_seconds`,
+        and small inputs, so one large request cannot hold up the event loop)."""
         model = self.get(name, version)
         session = await self._ensure_loaded(model)
         model._active += 1
         started = time.perf_counter()
         try:
-            return await self.pool.run(session.infer, inputs)
+            recent = model._run_seconds
+            if (recent is not None and recent < self.inline_seconds
+                    and sum(array.nbytes for array in inputs.values()) <= INLINE_INPUT_BYTES):
+                outputs, seconds = _timed_infer(session, inputs)
+            else:
+                outputs, seconds = await self.pool.run(_timed_infer, session, inputs)
+            model._run_seconds = seconds if recent is None else recent + (seconds - recent) / 8
+            return outputs
         finally:
             model._active -= 1
             if self._observe:

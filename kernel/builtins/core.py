@@ -32,6 +32,9 @@ def kernel_add_options(group: OptionGroup) -> None:
                      help="priority steps (0-19) below the event loop that loads and inference run at, so health "
                           "checks stay fast while inference keeps the cores busy; it also yields to every other "
                           "process (Linux; default: 0)")
+    group.add_option("--infer-inline-us", type=int, metavar="US",
+                     help="run models whose recent runs took under US microseconds on the event loop, skipping "
+                          "the hop to a pool thread (inputs over 64 KiB never are; 0: always the pool; default: 200)")
     group.add_option("--infer-queue", type=int, metavar="N",
                      help="inference requests that may wait for a thread before the server answers 503 (default: 64)")
     group.add_option("--max-models", type=int, metavar="N", help="loaded models kept at most, least recently used evicted")

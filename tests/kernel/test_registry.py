@@ -29,6 +29,7 @@ class MatrixSession(kernel.Session):
 
     def run(self, inputs):
         MatrixBackend.priorities["run"] = thread_priority()
+        MatrixBackend.threads.append(threading.current_thread().name)
         if self.gate is not None:
             assert self.gate.wait(10)
         return {"y": inputs["x"] @ self.weights}
@@ -44,6 +45,7 @@ class MatrixBackend(kernel.Backend):
     loads: ClassVar[list[str]] = []
     gate: ClassVar[threading.Event | None] = None
     priorities: ClassVar[dict[str, int]] = {}
+    threads: ClassVar[list[str]] = []
 
     def load(self, spec):
         type(self).priorities["load"] = thread_priority()
@@ -102,6 +104,33 @@ async def test_loads_inference_and_offloaded_work_run_below_the_event_loop(tmp_p
     here = thread_priority()
     assert MatrixBackend.priorities == {"load": here + steps, "run": here + steps}
     assert offloaded == here + steps
+    k.pool.close()
+
+
+@pytest.mark.anyio
+async def test_a_fast_model_runs_on_the_event_loop_after_its_first_run(tmp_path, models):
+    k = make(tmp_path, models)
+    await k.registry.rescan()
+    MatrixBackend.threads = []
+    for _ in range(3):
+        await k.registry.infer("double", X)
+    # a large input goes to the pool however fast the model is
+    big = {"x": np.ones((10_000, 3), dtype=np.float32)}
+    assert (await k.registry.infer("double", big))["y"].shape == (10_000, 3)
+    here = threading.current_thread().name
+    assert [name == here for name in MatrixBackend.threads] == [False, True, True, False]
+    assert MatrixBackend.threads[0].startswith("kernel-infer")
+    k.pool.close()
+
+
+@pytest.mark.anyio
+async def test_without_inline_runs_every_run_goes_to_the_pool(tmp_path, models):
+    k = make(tmp_path, models, infer_inline_us=0)
+    await k.registry.rescan()
+    MatrixBackend.threads = []
+    for _ in range(3):
+        await k.registry.infer("double", X)
+    assert all(name.startswith("kernel-infer") for name in MatrixBackend.threads)
     k.pool.close()
 
 
