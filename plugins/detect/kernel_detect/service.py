@@ -4,8 +4,8 @@ Models are registry models. Detect's own (source `detect`) answer to their publi
 names; any other registry model (a `--model-dir` model, a zoo upload) answers to its
 registry name, and is detectable when a decoder fits its outputs. Inference goes through
 `registry.infer` (the kernel's bounded thread pool); image preparation and decoding run on
-the pool's helper threads (`pool.offload`, at inference's lowered priority), so the event
-loop only routes requests and stays quick while frames are worked on.
+the pool's helper threads (`pool.offload`, at inference's priority, `--infer-nice`), so the
+event loop only routes requests and stays quick while frames are worked on.
 """
 
 from __future__ import annotations
