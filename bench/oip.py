@@ -42,7 +42,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from kernel_oip.proto import grpc_service_pb2 as pb
-from kernel_oip.proto import grpc_service_pb2_grpc as pb_grpc
 
 from tests.clientenv import client_python
 from tests.conftest import Server, free_port
@@ -114,6 +113,14 @@ class Requests:
         self.grpc = pb.ModelInferRequest(model_name=name)
         self.grpc.inputs.add(name=input_name, datatype="FP32", shape=list(x.shape))
         self.grpc.raw_input_contents.append(x.tobytes())
+        self.grpc_bytes = self.grpc.SerializeToString()
+
+
+def infer_call(channel: grpc.Channel) -> Callable[..., object]:
+    """ModelInfer taking a request serialized in advance, as the REST rows send bytes encoded
+    in advance; the answer is parsed as any client would."""
+    return channel.unary_unary("/inference.GRPCInferenceService/ModelInfer", request_serializer=None,
+                               response_deserializer=pb.ModelInferResponse.FromString)
 
 
 def measure_server(http_addr: str, grpc_addr: str, name: str, req: Requests, raw: Callable[[], object],
@@ -127,7 +134,7 @@ def measure_server(http_addr: str, grpc_addr: str, name: str, req: Requests, raw
     # Without TCP_NODELAY the client's separate header and body writes meet delayed ACKs (~40 ms).
     connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     with grpc.insecure_channel(grpc_addr, options=options) as ch:
-        stub = pb_grpc.GRPCInferenceServiceStub(ch)
+        infer = infer_call(ch)
 
         def post(body: bytes, headers: dict) -> Callable[[], object]:
             def call() -> None:
@@ -140,7 +147,7 @@ def measure_server(http_addr: str, grpc_addr: str, name: str, req: Requests, raw
 
         for label, call in (("REST JSON", post(req.json, {"Content-Type": "application/json"})),
                             ("REST binary", post(req.binary, req.binary_headers)),
-                            ("gRPC", lambda: stub.ModelInfer(req.grpc, timeout=60))):
+                            ("gRPC", lambda: infer(req.grpc_bytes, timeout=60))):
             try:
                 raws, samples = timed(raw, call, count, budget, settle)
                 rows[label] = (*percentiles(samples), percentiles(raws)[0])
@@ -158,16 +165,16 @@ def cpu_seconds(pid: int) -> float:
 
 def batched_throughput(grpc_addr: str, name: str, input_name: str, x: np.ndarray, server_pid: int,
                        seconds: float) -> dict:
-    request = Requests(name, input_name, x).grpc
+    request = Requests(name, input_name, x).grpc_bytes
     done = [0] * CLIENTS
     stop = time.monotonic() + seconds
 
     def client(i: int) -> None:
         with grpc.insecure_channel(grpc_addr, options=[("grpc.max_receive_message_length", 1 << 30)]) as channel:
-            stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            stub.ModelInfer(request, timeout=30)
+            infer = infer_call(channel)
+            infer(request, timeout=30)
             while time.monotonic() < stop:
-                stub.ModelInfer(request, timeout=30)
+                infer(request, timeout=30)
                 done[i] += 1
 
     server_cpu, own_cpu, started = cpu_seconds(server_pid), time.process_time(), time.perf_counter()
