@@ -17,6 +17,7 @@ import numpy as np
 from litestar import Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
+from litestar.params import FromPath
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 import kernel
@@ -96,12 +97,12 @@ def router(service: OipService) -> Router:
         return service.server_metadata()
 
     @get(["/v2/models/{name:str}", "/v2/models/{name:str}/versions/{version:str}"], guards=guard(READ))
-    async def model_metadata(name: str, version: str | None = None) -> dict[str, Any]:
+    async def model_metadata(name: FromPath[str], version: FromPath[str | None] = None) -> dict[str, Any]:
         return await service.metadata(name, version)
 
     @get(["/v2/models/{name:str}/ready", "/v2/models/{name:str}/versions/{version:str}/ready"],
          guards=guard(READ), sync_to_thread=False)
-    def model_ready(name: str, version: str | None = None) -> Response[Any]:
+    def model_ready(name: FromPath[str], version: FromPath[str | None] = None) -> Response[Any]:
         if service.ready(name, version):
             return Response(b"", media_type=JSON)
         return Response({"error": f"model {name!r} is not ready"}, status_code=400)
@@ -138,7 +139,7 @@ def router(service: OipService) -> Router:
         return service.index(ask.ready)
 
     @post("/v2/repository/models/{name:str}/load", guards=guard(REPOSITORY), status_code=200)
-    async def repository_load(request: Request, name: str) -> Response[bytes]:
+    async def repository_load(request: Request, name: FromPath[str]) -> Response[bytes]:
         body = await request.body()
         params = _decode(body, _LoadRequest).parameters if body.strip() else {}
         if any(key == "config" or key.startswith("file:") for key in params):
@@ -147,7 +148,7 @@ def router(service: OipService) -> Router:
         return Response(b"", media_type=JSON)
 
     @post("/v2/repository/models/{name:str}/unload", guards=guard(REPOSITORY), status_code=200)
-    async def repository_unload(name: str) -> Response[bytes]:
+    async def repository_unload(name: FromPath[str]) -> Response[bytes]:
         await service.unload(name)
         return Response(b"", media_type=JSON)
 

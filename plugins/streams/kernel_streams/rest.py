@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Request, Response, delete, get, post, put
 from litestar.datastructures import UploadFile
-from litestar.params import Body
+from litestar.params import Body, FromPath
 
 import kernel
 from kernel_streams import framing, params
@@ -31,7 +31,7 @@ async def list_streams(request: Request) -> list[Any]:
 
 
 @get("/streams/{sid:str}", guards=GUARD, summary="Get information of a stream")
-async def stream_info(request: Request, sid: str) -> dict[str, Any]:
+async def stream_info(request: Request, sid: FromPath[str]) -> dict[str, Any]:
     (info,) = await runtime(request).store.info([framing.check_stream_id(sid)])
     if "error" in info and params.flag(request.query_params, "report_error"):
         raise kernel.BadRequest(info["error"])
@@ -39,7 +39,8 @@ async def stream_info(request: Request, sid: str) -> dict[str, Any]:
 
 
 @put("/streams/{sid:str}", guards=GUARD, summary="Update a stream's metadata")
-async def update_stream(request: Request, sid: str, data: Annotated[dict[str, Any], Body()]) -> Response[bytes]:
+async def update_stream(request: Request, sid: FromPath[str],
+                        data: Annotated[dict[str, Any], Body()]) -> Response[bytes]:
     """Merge the JSON body into the stream's metadata (replace it with `override=true`);
     answers the stored metadata as JSON text, as PTG does."""
     override = params.flag(request.query_params, "override")
@@ -51,7 +52,7 @@ async def update_stream(request: Request, sid: str, data: Annotated[dict[str, An
 
 
 @delete("/streams/{sid:str}", guards=GUARD, status_code=200, summary="Delete a stream")
-async def delete_stream(request: Request, sid: str) -> list[int]:
+async def delete_stream(request: Request, sid: FromPath[str]) -> list[int]:
     return await runtime(request).store.delete(framing.split_stream_ids(sid))
 
 
@@ -70,7 +71,7 @@ def cursors(sids: list[str], last_entry_id: str) -> dict[str, str]:
 
 
 @get("/data/{sid:str}", guards=GUARD, summary="Retrieve data from one or multiple streams")
-async def read_entries(request: Request, sid: str) -> Response[bytes]:
+async def read_entries(request: Request, sid: FromPath[str]) -> Response[bytes]:
     """`count` entries per stream after `last_entry_id` (`*`, the default: the latest ones);
     the body is the entries back to back, the header `entry-offset` says where each starts."""
     rt: Runtime = runtime(request)
@@ -87,7 +88,7 @@ async def read_entries(request: Request, sid: str) -> Response[bytes]:
 
 
 @post("/data/{sid:str}", guards=GUARD, summary="Send data to one or multiple streams")
-async def append_entries(request: Request, sid: str) -> list[str]:
+async def append_entries(request: Request, sid: FromPath[str]) -> list[str]:
     """Multipart parts become entries, in order. For one stream every part goes there; for
     `*` (or `a+b`) each part's file name (else its field name) names its stream."""
     rt = runtime(request)

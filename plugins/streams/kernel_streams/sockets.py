@@ -18,6 +18,7 @@ from typing import Any
 
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
+from litestar.params import FromPath
 
 import kernel
 from kernel_streams import framing, params
@@ -79,7 +80,7 @@ def _refusal(exc: Exception) -> tuple[int, str]:
 
 
 @websocket("/data/{sid:str}/push", guards=GUARD)
-async def push(socket: WebSocket, sid: str) -> None:
+async def push(socket: WebSocket, sid: FromPath[str]) -> None:
     """Entries in: one binary frame each, or with `batch` a JSON header then one blob;
     with `ack` each message is answered by its comma-joined entry ids."""
     rt = runtime(socket)
@@ -152,7 +153,7 @@ async def push(socket: WebSocket, sid: str) -> None:
 
 
 @websocket("/data/{sid:str}/pull", guards=GUARD)
-async def pull(socket: WebSocket, sid: str) -> None:
+async def pull(socket: WebSocket, sid: FromPath[str]) -> None:
     """Entries out, as a JSON header `[[sid, id, start], ...]` then one blob, for ever:
     blocking in Redis until entries arrive; with `timeout` (ms) closing when none do;
     with `ack` waiting for any client message after each batch."""

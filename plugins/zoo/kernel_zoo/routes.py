@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 from litestar import Request, Response, delete, get, post
+from litestar.params import FromPath, FromQuery
 from litestar.response import File
 
 import kernel
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 API = "/zoo/v1/public"
 MODELS = API + "/models/{organization:str}/{zoo_name:str}"
 MODEL = MODELS + "/{model:str}"
+#: An org, zoo or model name from the route's path (Litestar wants path parameters declared).
+Part = FromPath[str]
 #: Device types a zoo server reports, as the original does (PySDK filters models by them).
 DEVICES = (
     "DUMMY/DUMMY", "N2X/CPU", "N2X/ORCA", "N2X/ORCA1", "HAILORT/HAILO8", "HAILORT/HAILO8L",
@@ -69,7 +72,7 @@ def system_info() -> dict[str, Any]:
 
 
 @get("/api/v1/public/zoos-check/{organization:str}/{zoo_name:str}", guards=reader)
-async def zoos_check(request: Request, organization: str, zoo_name: str) -> dict[str, Any]:
+async def zoos_check(request: Request, organization: Part, zoo_name: Part) -> dict[str, Any]:
     _zoo(request).tree.zoo_dir(organization, zoo_name)
     return {}
 
@@ -95,7 +98,7 @@ async def token_get(request: Request) -> TokenEntry:
 
 
 @post(API + "/tokens", status_code=200)
-async def token_create(request: Request, is_admin: bool = False) -> TokenEntry:
+async def token_create(request: Request, is_admin: FromQuery[bool] = False) -> TokenEntry:
     """The first token needs no credential and must be an admin; later ones need an admin."""
     store = _zoo(request).store
     principal = None
@@ -129,7 +132,7 @@ async def token_delete(request: Request) -> TokenEntry:
 
 
 @post(API + "/tokens/{organization:str}/{zoo_name:str}", guards=admin, status_code=200)
-async def token_add_zoo(request: Request, organization: str, zoo_name: str) -> TokenEntry:
+async def token_add_zoo(request: Request, organization: Part, zoo_name: Part) -> TokenEntry:
     target = _header(request, "token_to_modify")
     url = f"{check_name('organization', organization)}/{check_name('zoo', zoo_name)}"
 
@@ -146,7 +149,7 @@ async def token_add_zoo(request: Request, organization: str, zoo_name: str) -> T
 
 
 @delete(API + "/tokens/{organization:str}/{zoo_name:str}", guards=admin, status_code=200)
-async def token_remove_zoo(request: Request, organization: str, zoo_name: str) -> TokenEntry:
+async def token_remove_zoo(request: Request, organization: Part, zoo_name: Part) -> TokenEntry:
     target = _header(request, "token_to_modify")
     url = f"{organization}/{zoo_name}"
 
@@ -166,13 +169,14 @@ async def token_remove_zoo(request: Request, organization: str, zoo_name: str) -
 
 
 @get(API + "/zoos/{organization:str}", guards=[kernel.requires()])
-async def zoos_list(request: Request, organization: str) -> list[dict[str, Any]]:
+async def zoos_list(request: Request, organization: Part) -> list[dict[str, Any]]:
     names = auth.zoos_of(request.user, organization, _zoo(request).tree.zoos(organization))
     return [{"name": z, "url": f"{organization}/{z}", "public": False, "own": False} for z in names]
 
 
 @get(MODELS, guards=reader)
-async def models_list(request: Request, organization: str, zoo_name: str, short: bool = False) -> Response[bytes]:
+async def models_list(request: Request, organization: Part, zoo_name: Part,
+                      short: FromQuery[bool] = False) -> Response[bytes]:
     tree = _zoo(request).tree
     folder = tree.zoo_dir(organization, zoo_name)
     listing = tree.recent_listing(folder) or await asyncio.to_thread(tree.listing, folder)
@@ -186,25 +190,27 @@ async def _model(request: Request, organization: str, zoo_name: str, model: str)
 
 
 @get(MODEL + "/check", guards=reader)
-async def model_check(request: Request, organization: str, zoo_name: str, model: str, checksum: str) -> dict[str, bool]:
+async def model_check(request: Request, organization: Part, zoo_name: Part, model: Part,
+                      checksum: FromQuery[str]) -> dict[str, bool]:
     _, info = await _model(request, organization, zoo_name, model)
     return {"status": info.checksum == checksum}
 
 
 @get(MODEL + "/dictionary", guards=reader)
-async def model_dictionary(request: Request, organization: str, zoo_name: str, model: str) -> Response[bytes]:
+async def model_dictionary(request: Request, organization: Part, zoo_name: Part,
+                           model: Part) -> Response[bytes]:
     _, info = await _model(request, organization, zoo_name, model)
     return _json_response(info.labels)
 
 
 @get(MODEL + "/readme", guards=reader)
-async def model_readme(request: Request, organization: str, zoo_name: str, model: str) -> Response[bytes]:
+async def model_readme(request: Request, organization: Part, zoo_name: Part, model: Part) -> Response[bytes]:
     _, info = await _model(request, organization, zoo_name, model)
     return _json_response(info.readme)
 
 
 @get(MODEL + "/info", guards=reader)
-async def model_info(request: Request, organization: str, zoo_name: str, model: str) -> Response[bytes]:
+async def model_info(request: Request, organization: Part, zoo_name: Part, model: Part) -> Response[bytes]:
     _, info = await _model(request, organization, zoo_name, model)
     # `model_dictionary` is the original server's key; PySDK 1.5 reads `model_labels`.
     return _json_response({
@@ -214,7 +220,7 @@ async def model_info(request: Request, organization: str, zoo_name: str, model: 
 
 
 @get(MODEL, guards=reader)
-async def model_download(request: Request, organization: str, zoo_name: str, model: str) -> File:
+async def model_download(request: Request, organization: Part, zoo_name: Part, model: Part) -> File:
     from kernel_zoo.downloads import archive_response
 
     path, _ = await _model(request, organization, zoo_name, model)
@@ -225,7 +231,8 @@ async def model_download(request: Request, organization: str, zoo_name: str, mod
 
 
 @post(MODELS, guards=admin, status_code=201, request_max_body_size=None)
-async def model_upload(request: Request, organization: str, zoo_name: str, allow_overwrite: bool = False) -> dict[str, str]:
+async def model_upload(request: Request, organization: Part, zoo_name: Part,
+                       allow_overwrite: FromQuery[bool] = False) -> dict[str, str]:
     z = _zoo(request)
     folder = z.tree.zoo_dir(organization, zoo_name)
     received = await receive(request, z.tree.uploads, z.config.max_upload)
@@ -241,7 +248,8 @@ async def model_upload(request: Request, organization: str, zoo_name: str, allow
 
 
 @delete(MODEL, guards=admin, status_code=200)
-async def model_delete(request: Request, organization: str, zoo_name: str, model: str) -> dict[str, str]:
+async def model_delete(request: Request, organization: Part, zoo_name: Part,
+                       model: Part) -> dict[str, str]:
     z = _zoo(request)
     async with z.tree.lock(organization, zoo_name, model):
         await asyncio.to_thread(z.tree.delete, organization, zoo_name, model)
