@@ -1,9 +1,10 @@
 """The zoo plugin against the original `dg_zoo_server` 0.3.0 and `python -m http.server`,
 serving the same files in one run: listing latency of a zoo of 500 archives, download
-throughput of a 100 MB archive with 1 and 8 clients (median MB/s, and the server's CPU seconds
-per GB sent), upload time of that archive and the
-server's peak memory (VmHWM) after the upload. Every loop is bounded in count and time;
-servers listen on loopback only. Run from the repository root:
+throughput of a 100 MB archive with 1 and 8 clients (median MB/s, and the server's CPU
+seconds per GB sent), upload time of that archive, the server's peak memory (VmHWM) after
+the upload, and its memory while 32 downloads stall (clients that stop reading). Every
+loop is bounded in count and time; servers listen on loopback only. Run from the
+repository root:
 
     python -m bench.zoo [--models 500] [--size-mb 100] [--listings 200]
 """
@@ -15,6 +16,7 @@ import http.client
 import json
 import math
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +32,7 @@ from tests.conftest import Server, free_port
 from tests.zoo.zoo_archives import params, write_archive
 
 TOKEN = "dg_bench_admin_token"
+STALLED = 32
 ORIGINAL = ["dg_zoo_server==0.3.0"]
 RUN_ORIGINAL = (
     "import sys, uvicorn, dg_zoo_server; "
@@ -68,9 +71,15 @@ class Proc:
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def rss_mb(self) -> float:
+        return self._status_mb("VmRSS:")
+
     def peak_rss_mb(self) -> float:
+        return self._status_mb("VmHWM:")
+
+    def _status_mb(self, key: str) -> float:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(key):
                 return int(line.split()[1]) / 1024
         return float("nan")
 
@@ -144,6 +153,27 @@ def download_rate(p: Proc, path: str, size: int, clients: int, rounds: int) -> t
     return statistics.median(rates), (p.cpu_seconds() - cpu_before) / (sent / 1e9)
 
 
+def stalled_rss_mb(p: Proc, path: str, clients: int = STALLED) -> float:
+    """The server's memory while `clients` downloads stall: each client reads its first
+    64 KiB and then nothing, as a slow or stuck client would. What a server holds per
+    stalled download is what many slow clients can make it hold."""
+    sockets = []
+    try:
+        for _ in range(clients):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            sock.settimeout(30)
+            sock.connect(("127.0.0.1", p.port))
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\ntoken: {TOKEN}\r\n\r\n".encode())
+            sock.recv(64 * 1024)
+            sockets.append(sock)
+        time.sleep(2)  # let the server fill whatever it buffers
+        return p.rss_mb()
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def upload_seconds(p: Proc, archive: bytes) -> float:
     boundary = "benchboundary"
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.zip\"\r\n"
@@ -187,20 +217,22 @@ def main() -> None:
                 path = "/bench/big/big.zip" if files else "/zoo/v1/public/models/bench/big/big"
                 one = download_rate(p, path, size, 1, rounds=7)
                 eight = download_rate(p, path, size, 8, rounds=3)
-                rows.append((name, lat, one, eight, up, peak))
+                stalled = stalled_rss_mb(p, path)
+                rows.append((name, lat, one, eight, up, peak, stalled))
             finally:
                 p.stop()
 
     print(f"\n{args.models} archives listed {args.listings} times; a {size / 1e6:.0f} MB archive\n")
     print("| server | list p50 ms | list p95 ms | download 1 client MB/s (CPU s/GB) "
-          "| download 8 clients MB/s (CPU s/GB) | upload s | peak RSS after upload MB |")
-    print("|---|---|---|---|---|---|---|")
-    for name, lat, one, eight, up, peak in rows:
+          f"| download 8 clients MB/s (CPU s/GB) | upload s | peak RSS after upload MB "
+          f"| RSS with {STALLED} stalled downloads MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, lat, one, eight, up, peak, stalled in rows:
         p50 = f"{statistics.median(lat) * 1000:.2f}" if lat else "-"
         p95 = f"{statistics.quantiles(lat, n=20)[-1] * 1000:.2f}" if len(lat) > 1 else "-"
         upload = "-" if math.isnan(up) else f"{up:.2f}"
         print(f"| {name} | {p50} | {p95} | {one[0]:.0f} ({one[1]:.2f}) | {eight[0]:.0f} ({eight[1]:.2f}) "
-              f"| {upload} | {peak:.0f} |")
+              f"| {upload} | {peak:.0f} | {stalled:.0f} |")
 
 
 def _spawn(name: str, command: list[str], root: Path) -> Proc:
