@@ -69,7 +69,9 @@ def open_server(home: Path, base: Path) -> Iterator[Server]:
 def auth_server(home: Path, base: Path) -> Iterator[Server]:
     server = Server([
         "--plugins", "detect", "--base-path", str(base), "--models", "yolov3-tiny",
-        "--auth", "--auth-user", "zm", "--auth-password", PASSWORD, "--token-secret", secrets.token_urlsafe(48),
+        "--auth", "--auth-user", "zm", "--auth-password", PASSWORD,
+        # `=`: a URL-safe secret may begin with "-", which would read as an option
+        f"--token-secret={secrets.token_urlsafe(48)}",
     ], home / "auth")
     yield server.wait_ready()
     server.stop()

@@ -17,7 +17,7 @@ from tests.conftest import Server
 from tests.detect.detect_support import FrameServer, frames, models_folder
 from tests.realmodels import yolov3_tiny
 
-SECRET = secrets.token_urlsafe(48)
+SECRET = secrets.token_urlsafe(48)  # may begin with "-": passed as --token-secret=...
 PASSWORD = "pw-" + secrets.token_hex(6)
 
 
@@ -52,7 +52,7 @@ def server(home: Path) -> Iterator[Server]:
     (extra / "config.toml").write_text('backend = "onnxruntime"\n')
     srv = Server([
         "--plugins", "detect", "--base-path", str(base), "--model-dir", str(home / "dir"),
-        "--auth", "--auth-user", "admin", "--auth-password", PASSWORD, "--token-secret", SECRET,
+        "--auth", "--auth-user", "admin", "--auth-password", PASSWORD, f"--token-secret={SECRET}",
         "--detect-fetch-timeout", "0.5", "--detect-max-upload-bytes", str(5 * 1024 * 1024),
         "--detect-prefix", "/pyzm",
     ], home / "home")
