@@ -46,9 +46,13 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zoo]:
     (root / "acme" / "vision" / "not_a_model.zip").write_bytes(b"junk")  # skipped, as the original does
     (root / "acme" / "empty").mkdir(parents=True)
     server = start_zoo(base / "home", root)
+    zoo = None
     try:
-        yield Zoo(server, root, first_admin(server))
+        zoo = Zoo(server, root, first_admin(server))
+        yield zoo
     finally:
+        if zoo is not None:
+            zoo.http.close()
         server.stop()
         assert "Traceback" not in server.output()
 
