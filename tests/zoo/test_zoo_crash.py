@@ -47,8 +47,8 @@ def test_sigkill_mid_upload_keeps_the_zoo_consistent(tmp_path: Path) -> None:
     again = start_zoo(tmp_path / "home", root)
     try:
         assert list((root / ".uploads").iterdir()) == []
-        http = httpx.Client(base_url=again.url, headers={"token": admin})
-        assert list(http.get(f"{API}/models/acme/vision").json()) == ["m"]
-        assert http.get(f"{API}/models/acme/vision/m").content == old
+        with httpx.Client(base_url=again.url, headers={"token": admin}) as http:
+            assert list(http.get(f"{API}/models/acme/vision").json()) == ["m"]
+            assert http.get(f"{API}/models/acme/vision/m").content == old
     finally:
         again.stop()
