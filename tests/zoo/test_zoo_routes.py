@@ -9,6 +9,7 @@ import json
 import os
 import zipfile
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -30,6 +31,9 @@ class Zoo:
         ops = kernel.TokenIssuer(SECRET).issue("ops", ["admin"], 600)
         self.ops = {"Authorization": f"Bearer {ops}"}
 
+    def close(self) -> None:
+        self.http.close()
+
     def upload(self, data: bytes, filename: str, zoo: str = "acme/vision", **query: str) -> httpx.Response:
         return self.http.post(f"{API}/models/{zoo}", files={"file": (filename, data, "application/zip")},
                               params=query)
@@ -46,13 +50,10 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zoo]:
     (root / "acme" / "vision" / "not_a_model.zip").write_bytes(b"junk")  # skipped, as the original does
     (root / "acme" / "empty").mkdir(parents=True)
     server = start_zoo(base / "home", root)
-    zoo = None
     try:
-        zoo = Zoo(server, root, first_admin(server))
-        yield zoo
+        with closing(Zoo(server, root, first_admin(server))) as zoo:
+            yield zoo
     finally:
-        if zoo is not None:
-            zoo.http.close()
         server.stop()
         assert "Traceback" not in server.output()
 

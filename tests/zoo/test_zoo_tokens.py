@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -23,6 +24,9 @@ class Zoo:
     def __init__(self, server: Server, root: Path, admin: str) -> None:
         self.server, self.root, self.admin = server, root, admin
         self.http = httpx.Client(base_url=server.url, timeout=30)
+
+    def close(self) -> None:
+        self.http.close()
 
     def new_token(self, zoos: tuple[str, ...] = ()) -> str:
         token = self.http.post(API + "/tokens", headers={"token": self.admin}).json()["token"]
@@ -43,7 +47,8 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zoo]:
         write_archive(root / "acme" / name, f"m_{name}")
     server = start_zoo(base / "home", root)
     try:
-        yield Zoo(server, root, first_admin(server))
+        with closing(Zoo(server, root, first_admin(server))) as zoo:
+            yield zoo
     finally:
         server.stop()
         assert "Traceback" not in server.output()

@@ -8,6 +8,7 @@ import socket
 import time
 import zipfile
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -28,6 +29,9 @@ class Zoo:
         self.server, self.root, self.admin = server, root, admin
         self.http = httpx.Client(base_url=server.url, headers={"token": admin}, timeout=30)
 
+    def close(self) -> None:
+        self.http.close()
+
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zoo]:
@@ -37,7 +41,8 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zoo]:
     server = start_zoo(base / "home", root, "--zoo-max-upload", "4M", "--zoo-max-unpacked", str(MAX_UNPACKED),
                        "--zoo-max-ratio", "50")
     try:
-        yield Zoo(server, root, first_admin(server))
+        with closing(Zoo(server, root, first_admin(server))) as zoo:
+            yield zoo
     finally:
         server.stop()
         assert "Traceback" not in server.output()
