@@ -4,6 +4,7 @@ Protocol at once, with tritonclient over REST and gRPC, and leaves OIP when the 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import closing
 
 import httpx
 import numpy as np
@@ -28,6 +29,9 @@ class Servers:
         self.zoo = httpx.Client(base_url=f"{server.url}/zoo/v1/public", timeout=30,
                                 headers={"token": first_admin(server)})
 
+    def close(self) -> None:
+        self.zoo.close()
+
     def triton(self, phase: str) -> dict:
         return run_client("triton_zoo.py", self.http_addr, self.grpc_addr, MODEL, phase)
 
@@ -43,7 +47,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         home,
     ).wait_ready()
     try:
-        yield Servers(server, grpc_port)
+        with closing(Servers(server, grpc_port)) as servers:
+            yield servers
     finally:
         server.stop()
     assert "Traceback" not in server.output()
