@@ -76,6 +76,9 @@ class _ZeroCopySend:
             return
         if cycle.disconnected:
             return
+        if count == 0:  # nothing to send (and `loop.sendfile` refuses a count of 0)
+            await self._send({"type": "http.response.body", "body": b"", "more_body": more_body})
+            return
         try:
             sent = await asyncio.get_running_loop().sendfile(cycle.transport, file, offset, count)
         except OSError:

@@ -30,6 +30,7 @@ def server(serve, blob):
 def test_a_file_is_sent_whole_and_in_part_on_one_kept_alive_connection(server, blob):
     _, data = blob
     with httpx.Client(base_url=server.url) as client:
+        empty = client.get("/sendfile", params={"offset": 5, "count": 0})
         whole = client.get("/sendfile")
         part = client.get("/sendfile", params={"offset": 1000, "count": 123_457})
         tail = client.get("/sendfile", params={"offset": SIZE - 10})
@@ -37,6 +38,8 @@ def test_a_file_is_sent_whole_and_in_part_on_one_kept_alive_connection(server, b
     assert whole.content == data
     assert part.content == data[1000:1000 + 123_457]
     assert tail.content == data[-10:]
+    assert empty.status_code == 200 and empty.content == b""
+    assert "Traceback" not in server.output()  # written before a later request is served
 
 
 def test_without_a_content_length_the_file_goes_out_chunked(server, blob):
