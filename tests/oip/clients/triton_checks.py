@@ -17,7 +17,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
 import tritonclient.http.aio as httpaio
-from tritonclient.utils import InferenceServerException, triton_to_np_dtype
+from triton_results import array, error
+from tritonclient.utils import triton_to_np_dtype
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4) / 4 - 1
 KINDS = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
@@ -35,19 +36,6 @@ def kinds_inputs() -> dict[str, np.ndarray]:
         else:
             out[name] = (base + 1).astype(triton_to_np_dtype(name)) * (1 if name.startswith("U") else -1)
     return out
-
-
-def array(a: np.ndarray) -> dict[str, Any]:
-    data = [x.decode() if isinstance(x, bytes) else x for x in a.reshape(-1)] if a.dtype == object else a.reshape(-1).tolist()
-    return {"dtype": str(a.dtype), "shape": list(a.shape), "data": data}
-
-
-def error(call) -> dict[str, Any]:
-    try:
-        call()
-    except InferenceServerException as exc:
-        return {"status": str(exc.status()), "message": exc.message()}
-    return {"status": "no error"}
 
 
 def inputs(module, x: np.ndarray, binary: bool | None = None):

@@ -16,21 +16,9 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException
+from triton_results import array, error
 
 X = (np.arange(3 * 8 * 8, dtype=np.float32).reshape(1, 3, 8, 8) % 17) / 8 - 1
-
-
-def array(a: np.ndarray) -> dict[str, Any]:
-    return {"dtype": str(a.dtype), "shape": list(a.shape), "data": a.reshape(-1).tolist()}
-
-
-def error(call) -> dict[str, Any]:
-    try:
-        call()
-    except InferenceServerException as exc:
-        return {"status": str(exc.status()), "message": exc.message()}
-    return {"status": "no error"}
 
 
 def infer_input(module, name: str, binary: bool | None = None):
