@@ -18,7 +18,7 @@ import pytest
 import kernel
 from tests.conftest import Server
 from tests.zoo.zoo_archives import LABELS, archive, classifier_onnx, params, write_archive, zip_bytes
-from tests.zoo.zoo_servers import SECRET, first_admin, start_zoo
+from tests.zoo.zoo_servers import SECRET, serving_zoo
 
 API = "/zoo/v1/public"
 MODEL = "cls_a"
@@ -49,13 +49,8 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zoo]:
     write_archive(root / "acme" / "vision", MODEL)
     (root / "acme" / "vision" / "not_a_model.zip").write_bytes(b"junk")  # skipped, as the original does
     (root / "acme" / "empty").mkdir(parents=True)
-    server = start_zoo(base / "home", root)
-    try:
-        with closing(Zoo(server, root, first_admin(server))) as zoo:
-            yield zoo
-    finally:
-        server.stop()
-        assert "Traceback" not in server.output()
+    with serving_zoo(base / "home", root) as (server, admin), closing(Zoo(server, root, admin)) as zoo:
+        yield zoo
 
 
 def test_version_system_info_and_zoo_check(zoo: Zoo) -> None:

@@ -15,7 +15,7 @@ import pytest
 import kernel
 from tests.conftest import Server, run_kernel
 from tests.zoo.zoo_archives import write_archive
-from tests.zoo.zoo_servers import SECRET, first_admin, start_zoo
+from tests.zoo.zoo_servers import SECRET, serving_zoo, start_zoo
 
 API = "/zoo/v1/public"
 
@@ -45,13 +45,8 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zoo]:
     root = base / "zoo"
     for name in ("vision", "private"):
         write_archive(root / "acme" / name, f"m_{name}")
-    server = start_zoo(base / "home", root)
-    try:
-        with closing(Zoo(server, root, first_admin(server))) as zoo:
-            yield zoo
-    finally:
-        server.stop()
-        assert "Traceback" not in server.output()
+    with serving_zoo(base / "home", root) as (server, admin), closing(Zoo(server, root, admin)) as zoo:
+        yield zoo
 
 
 def test_without_tokens_only_the_first_admin_token_can_be_made(tmp_path: Path) -> None:

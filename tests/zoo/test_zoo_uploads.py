@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import Server
 from tests.zoo.zoo_archives import classifier_onnx, model_members, params, snapshot, write_archive, zip_bytes
-from tests.zoo.zoo_servers import first_admin, start_zoo
+from tests.zoo.zoo_servers import serving_zoo
 
 API = "/zoo/v1/public"
 MAX_UPLOAD = 4 * 1024 * 1024
@@ -38,14 +38,9 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zoo]:
     base = tmp_path_factory.mktemp("uploads")
     root = base / "zoo"
     write_archive(root / "acme" / "vision", "existing")
-    server = start_zoo(base / "home", root, "--zoo-max-upload", "4M", "--zoo-max-unpacked", str(MAX_UNPACKED),
-                       "--zoo-max-ratio", "50")
-    try:
-        with closing(Zoo(server, root, first_admin(server))) as zoo:
-            yield zoo
-    finally:
-        server.stop()
-        assert "Traceback" not in server.output()
+    limits = ("--zoo-max-upload", "4M", "--zoo-max-unpacked", str(MAX_UNPACKED), "--zoo-max-ratio", "50")
+    with serving_zoo(base / "home", root, *limits) as (server, admin), closing(Zoo(server, root, admin)) as zoo:
+        yield zoo
 
 
 def members(**replace: bytes | None) -> list[tuple[str, bytes]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -21,3 +23,15 @@ def first_admin(server: Server) -> str:
     answer = httpx.post(server.url + "/zoo/v1/public/tokens", params={"is_admin": "true"})
     assert answer.status_code == 200, answer.text
     return answer.json()["token"]
+
+
+@contextmanager
+def serving_zoo(home: Path, zoo: Path, *args: str) -> Iterator[tuple[Server, str]]:
+    """A zoo server and its first admin token; the server is stopped after, and its log
+    must hold no traceback."""
+    server = start_zoo(home, zoo, *args)
+    try:
+        yield server, first_admin(server)
+    finally:
+        server.stop()
+        assert "Traceback" not in server.output()
