@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import httpx
 
+from bench import procfs
 from tests.conftest import Server, free_port
 from tests.detect.detect_support import PyzmServe, models_folder
 from tests.realmodels import photo
@@ -69,12 +69,11 @@ class Sample:
 
 
 def cpu_seconds(pid: int) -> float:
-    """CPU time a process (all its threads) has used: user + system, from /proc (Linux)."""
+    """The process's CPU time, or NaN once it is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return procfs.cpu_seconds(pid)
     except OSError:
         return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 #: Probes GET /health every 20 ms until its stdin closes (or the seconds given pass), then

@@ -21,7 +21,6 @@ import argparse
 import functools
 import http.client
 import json
-import os
 import shlex
 import shutil
 import socket
@@ -43,6 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from kernel_oip.proto import grpc_service_pb2 as pb
 
+from bench.procfs import cpu_seconds
 from tests.clientenv import client_python
 from tests.conftest import Server, free_port
 from tests.oip.oip_models import affine
@@ -155,12 +155,6 @@ def measure_server(http_addr: str, grpc_addr: str, name: str, req: Requests, raw
                 rows[label] = str(exc).splitlines()[0][:60]
     connection.close()
     return rows
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def batched_throughput(grpc_addr: str, name: str, input_name: str, x: np.ndarray, server_pid: int,

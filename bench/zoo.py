@@ -27,6 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench.procfs import cpu_seconds, memory_mb
 from tests.clientenv import client_python
 from tests.conftest import Server, free_port
 from tests.zoo.zoo_archives import params, write_archive
@@ -67,21 +68,13 @@ class Proc:
             self.proc.wait(10)
 
     def cpu_seconds(self) -> float:
-        """User and system CPU time of the server process, all threads."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.pid)
 
     def rss_mb(self) -> float:
-        return self._status_mb("VmRSS:")
+        return memory_mb(self.pid, "VmRSS")
 
     def peak_rss_mb(self) -> float:
-        return self._status_mb("VmHWM:")
-
-    def _status_mb(self, key: str) -> float:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(key):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        return memory_mb(self.pid, "VmHWM")
 
 
 def request(port: int, method: str, path: str, body: bytes | None = None,
