@@ -35,11 +35,13 @@ MODEL = "320n"
 
 
 #: Kernel thread settings compared: onnxruntime's intra-op threads per inference, the
-#: kernel's inference workers (inferences at once), and whether idle runtime threads spin.
+#: kernel's inference workers (inferences at once), and whether runtime threads spin
+#: (within runs, and between them).
 SETTINGS: dict[str, list[str]] = {
     "default": [],
     "niced": ["--infer-nice", "10"],
     "nospin": ["--no-onnxruntime-spinning"],
+    "spin-between-runs": ["--onnxruntime-spin-between-runs"],
     "serial": ["--infer-workers", "1"],
     "parallel-1t": ["--infer-workers", "2", "--onnxruntime-intra-op-threads", "1"],
     "parallel-1t-nospin": ["--infer-workers", "2", "--onnxruntime-intra-op-threads", "1", "--no-onnxruntime-spinning"],

@@ -226,14 +226,40 @@ def test_thread_counts_from_config_and_model_params(served: Served) -> None:
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
+@pytest.mark.parametrize(("section", "entries"), [
+    # default: threads spin within a run and stop when it returns (no CPU burnt between runs)
+    ({}, {"session.force_spinning_stop": "1"}),
+    ({"spin_between_runs": True}, {"session.force_spinning_stop": None}),
+    ({"spinning": False}, {"session.intra_op.allow_spinning": "0", "session.force_spinning_stop": None}),
+])
+def test_spinning_settings_reach_the_runtime(tmp_path: Path, section: dict, entries: dict) -> None:
+    save(affine_model(), tmp_path / "models" / "affine")
+    s = Served(kernel.create_kernel(options={
+        "kernel": {"model_dir": [str(tmp_path / "models")], "state_dir": str(tmp_path / "state")},
+        "onnxruntime": section,
+    }))
+    try:
+        options = s.session("affine")._session.get_session_options()  # type: ignore[attr-defined]
+        for key, value in entries.items():
+            if value is None:
+                with pytest.raises(RuntimeError, match="does not have configuration"):
+                    options.get_session_config_entry(key)
+            else:
+                assert options.get_session_config_entry(key) == value
+        np.testing.assert_array_equal(s.infer("affine", {"x": np.ones((1, 4), np.float32)})["y"], [[3, 3, 3, 3]])
+    finally:
+        s.close()
+
+
 def test_options_follow_the_naming_rule(served: Served) -> None:
     from kernel.app import build_parser
 
     flags = [flag for flag, owner in build_parser(served.kernel.plugin_set).owners.items()
              if owner == "onnxruntime"]
     assert sorted(flags) == [
-        "--no-onnxruntime-spinning", "--onnxruntime-cache-dir", "--onnxruntime-inter-op-threads",
-        "--onnxruntime-intra-op-threads", "--onnxruntime-spinning",
+        "--no-onnxruntime-spin-between-runs", "--no-onnxruntime-spinning", "--onnxruntime-cache-dir",
+        "--onnxruntime-inter-op-threads", "--onnxruntime-intra-op-threads", "--onnxruntime-spin-between-runs",
+        "--onnxruntime-spinning",
     ]
 
 
