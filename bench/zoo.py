@@ -1,8 +1,9 @@
 """The zoo plugin against the original `dg_zoo_server` 0.3.0 and `python -m http.server`,
 serving the same files in one run: listing latency of a zoo of 500 archives, download
 throughput of a 100 MB archive with 1 and 8 clients (median MB/s, and the server's CPU
-seconds per GB sent), upload time of that archive, the server's peak memory (VmHWM) after
-the upload, and its memory while 32 downloads stall (clients that stop reading). Every
+seconds per GB sent; the servers take turns, round by round), upload time of that archive,
+the server's peak memory (VmHWM) after the upload, and its memory while 32 downloads stall
+(clients that stop reading). Every
 loop is bounded in count and time; servers listen on loopback only. Run from the
 repository root:
 
@@ -12,6 +13,7 @@ repository root:
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import json
 import math
@@ -127,23 +129,31 @@ def listing(p: Proc, count: int, budget_s: float = 30) -> list[float]:
     return times
 
 
-def download_rate(p: Proc, path: str, size: int, clients: int, rounds: int) -> tuple[float, float]:
-    """Aggregate MB/s of `clients` concurrent downloads (median of `rounds`), and the
-    server's CPU seconds per GB sent (what zero-copy saves, steadier than loopback rates)."""
-    def one(_: int) -> int:
+def download_rates(servers: dict[str, tuple[Proc, str]], size: int, clients: int,
+                   rounds: int) -> dict[str, tuple[float, float]]:
+    """Per server: aggregate MB/s of `clients` concurrent downloads (median of `rounds`),
+    and its CPU seconds per GB sent (what zero-copy saves, steadier than loopback rates).
+    The servers take turns round by round, so a busy moment of the machine (loopback rates
+    swing by 2x here) falls on all of them alike."""
+    def one(server: tuple[Proc, str], _: int) -> int:
+        p, path = server
         status, n = request(p.port, "GET", path, sink=memoryview(bytearray(4 * 1024 * 1024)))
         assert status == 200 and n == size, (status, n)
         return n
 
-    rates, sent = [], 0
-    cpu_before = p.cpu_seconds()
+    rates: dict[str, list[float]] = {name: [] for name in servers}
+    cpu = dict.fromkeys(servers, 0.0)
+    sent = dict.fromkeys(servers, 0)
     with ThreadPoolExecutor(clients) as pool:
         for _ in range(rounds):
-            started = time.perf_counter()
-            total = sum(pool.map(one, range(clients)))
-            rates.append(total / 1e6 / (time.perf_counter() - started))
-            sent += total
-    return statistics.median(rates), (p.cpu_seconds() - cpu_before) / (sent / 1e9)
+            for name, (p, path) in servers.items():
+                cpu_before = p.cpu_seconds()
+                started = time.perf_counter()
+                total = sum(pool.map(functools.partial(one, (p, path)), range(clients)))
+                rates[name].append(total / 1e6 / (time.perf_counter() - started))
+                cpu[name] += p.cpu_seconds() - cpu_before
+                sent[name] += total
+    return {name: (statistics.median(rates[name]), cpu[name] / (sent[name] / 1e9)) for name in servers}
 
 
 def stalled_rss_mb(p: Proc, path: str, clients: int = STALLED) -> float:
@@ -199,20 +209,24 @@ def main() -> None:
             "http.server": lambda: _spawn("http.server", [
                 sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(root)], root),
         }
-        rows = []
-        for name, start in starts.items():
-            p = start()
-            try:
+        running: dict[str, Proc] = {}
+        try:
+            for name, start in starts.items():
+                running[name] = start()
+            rows = {}
+            for name, p in running.items():
                 files = name == "http.server"
                 lat = [] if files else listing(p, args.listings)
                 up = float("nan") if files else upload_seconds(p, archive)
-                peak = p.peak_rss_mb()
-                path = "/bench/big/big.zip" if files else "/zoo/v1/public/models/bench/big/big"
-                one = download_rate(p, path, size, 1, rounds=7)
-                eight = download_rate(p, path, size, 8, rounds=3)
-                stalled = stalled_rss_mb(p, path)
-                rows.append((name, lat, one, eight, up, peak, stalled))
-            finally:
+                rows[name] = [lat, up, p.peak_rss_mb()]
+            downloads = {name: (p, "/bench/big/big.zip" if name == "http.server" else
+                                "/zoo/v1/public/models/bench/big/big") for name, p in running.items()}
+            one = download_rates(downloads, size, 1, rounds=7)
+            eight = download_rates(downloads, size, 8, rounds=3)
+            for name, (p, path) in downloads.items():
+                rows[name] += [one[name], eight[name], stalled_rss_mb(p, path)]
+        finally:
+            for p in running.values():
                 p.stop()
 
     print(f"\n{args.models} archives listed {args.listings} times; a {size / 1e6:.0f} MB archive\n")
@@ -220,7 +234,7 @@ def main() -> None:
           f"| download 8 clients MB/s (CPU s/GB) | upload s | peak RSS after upload MB "
           f"| RSS with {STALLED} stalled downloads MB |")
     print("|---|---|---|---|---|---|---|---|")
-    for name, lat, one, eight, up, peak, stalled in rows:
+    for name, (lat, up, peak, one, eight, stalled) in rows.items():
         p50 = f"{statistics.median(lat) * 1000:.2f}" if lat else "-"
         p95 = f"{statistics.quantiles(lat, n=20)[-1] * 1000:.2f}" if len(lat) > 1 else "-"
         upload = "-" if math.isnan(up) else f"{up:.2f}"
