@@ -8,6 +8,11 @@ to the connection's socket with `loop.sendfile` (the `sendfile(2)` system call o
 TCP, asyncio's own read-and-write on TLS). Headers and the end of the response still go
 through uvicorn, so keep-alive and its bookkeeping stay its own.
 
+`sendfile(2)` on a non-blocking socket still waits for the disk when the file's pages are
+not in memory, which would stall every request the event loop serves (a model archive on
+an SD card reads at tens of MB/s). So the file goes out in windows, and a window whose
+first or last page is not in memory is read in a worker thread before it is sent.
+
 The extension is offered only where uvicorn's HTTP cycle looks as expected (its `send`
 is a bound method of an object holding the transport and the bytes still owed); any
 other server, or another uvicorn layout, serves the app unchanged.
@@ -16,6 +21,7 @@ other server, or another uvicorn layout, serves the app unchanged.
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 from litestar.enums import ASGIExtension
@@ -23,6 +29,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 ZEROCOPY_SEND = ASGIExtension.ZERO_COPY_SEND_EXTENSION.value
 CHUNK = 1024 * 1024  # per body message where the file must be read after all
+WINDOW = 8 * 1024 * 1024  # sent by one `loop.sendfile`, after reading it in if it is not in memory
 
 
 def with_zerocopy_send(app: ASGIApp) -> ASGIApp:
@@ -80,7 +87,7 @@ class _ZeroCopySend:
             await self._send({"type": "http.response.body", "body": b"", "more_body": more_body})
             return
         try:
-            sent = await asyncio.get_running_loop().sendfile(cycle.transport, file, offset, count)
+            sent = await _sendfile(cycle.transport, file, offset, count)
         except OSError:
             # The client went away mid-file. Closing reports the loss to uvicorn, which then
             # treats this response as abandoned rather than short.
@@ -100,3 +107,46 @@ class _ZeroCopySend:
             await self._send({"type": "http.response.body", "body": chunk, "more_body": more_body or not last})
             if last:
                 return
+
+
+async def _sendfile(transport: asyncio.Transport, file: Any, offset: int, count: int | None) -> int:
+    """`count` bytes of `file` from `offset` (None: to its end) with `loop.sendfile`, window
+    by window; the bytes sent (fewer where the file ends first)."""
+    loop = asyncio.get_running_loop()
+    fd = file.fileno()
+    end = os.fstat(fd).st_size if count is None else offset + count
+    sent = 0
+    while offset + sent < end:
+        at, size = offset + sent, min(WINDOW, end - offset - sent)
+        if not _in_memory(fd, at, size):
+            await asyncio.to_thread(_read_in, fd, at, size)
+        done = await loop.sendfile(transport, file, at, size)
+        sent += done
+        if done < size:
+            break
+    return sent
+
+
+def _in_memory(fd: int, offset: int, size: int) -> bool:
+    """Whether the first and last page of a window are in the page cache (read ahead
+    together, the pages between them almost always are). Where the system cannot tell
+    (no `RWF_NOWAIT`), the window is sent as it is."""
+    probe = [bytearray(1)]
+    try:
+        for at in (offset, offset + size - 1):
+            os.preadv(fd, probe, at, os.RWF_NOWAIT)
+    except BlockingIOError:
+        return False
+    except (AttributeError, OSError):
+        return True
+    return True
+
+
+def _read_in(fd: int, offset: int, size: int) -> None:
+    """Read a window into the page cache (in a worker thread: it may wait on the disk)."""
+    end = offset + size
+    while offset < end:
+        chunk = os.pread(fd, min(CHUNK, end - offset), offset)
+        if not chunk:
+            return
+        offset += len(chunk)

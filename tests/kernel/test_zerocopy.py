@@ -1,6 +1,6 @@
 """The ASGI zero-copy send extension the kernel adds to its server: files go out with
-sendfile, whole or in part, keep-alive goes on after them, and a client leaving mid-file
-costs the server nothing."""
+sendfile, whole or in part, keep-alive goes on after them, a file not in memory is read in
+off the event loop, and a client leaving mid-file costs the server nothing."""
 
 import os
 import socket
@@ -8,6 +8,8 @@ import struct
 
 import httpx
 import pytest
+
+from kernel import zerocopy
 
 pytestmark = pytest.mark.usefixtures("test_plugins")
 
@@ -20,6 +22,18 @@ def blob(tmp_path):
     path = tmp_path / "blob.bin"
     path.write_bytes(data)
     return path, data
+
+
+def evict(path):
+    """Drop the file's pages from the page cache, or skip where that cannot be done."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        if zerocopy._in_memory(fd, 0, os.fstat(fd).st_size):
+            pytest.skip("this file system keeps the file in memory (or cannot tell)")
+    finally:
+        os.close(fd)
 
 
 @pytest.fixture
@@ -59,3 +73,30 @@ def test_a_client_leaving_mid_file_leaves_the_server_serving(server, blob):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     assert httpx.get(server.url + "/sendfile").content == blob[1]
     assert "Traceback" not in server.output() and " ERROR " not in server.output()
+
+
+def test_a_window_not_in_memory_is_read_in(blob):
+    path, _ = blob
+    evict(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        start = zerocopy.WINDOW // 2
+        assert not zerocopy._in_memory(fd, start, SIZE - start)
+        zerocopy._read_in(fd, start, SIZE - start)
+        assert zerocopy._in_memory(fd, start, SIZE - start)
+    finally:
+        os.close(fd)
+
+
+def test_a_file_not_in_memory_is_sent_whole_and_across_windows(serve, tmp_path):
+    data = os.urandom(2 * zerocopy.WINDOW + 12_345)
+    path = tmp_path / "cold.bin"
+    path.write_bytes(data)
+    server = serve("--plugins", "sendfile", KERNEL_TEST_SENDFILE=str(path))
+    with httpx.Client(base_url=server.url) as client:
+        evict(path)
+        whole = client.get("/sendfile")
+        evict(path)
+        span = client.get("/sendfile", params={"offset": zerocopy.WINDOW - 7, "count": zerocopy.WINDOW + 100})
+    assert whole.content == data
+    assert span.content == data[zerocopy.WINDOW - 7:2 * zerocopy.WINDOW + 93]
