@@ -89,8 +89,8 @@ class Model:
         self.last_used = 0.0
         self._loading: asyncio.Task[Session] | None = None
         self._active = 0
-        #: A session unloaded while inference was still running on it: closed when idle.
-        self._closing: Session | None = None
+        #: Sessions unloaded while inference was still running on them: closed when idle.
+        self._closing: list[Session] = []
         #: Recent seconds per run of the loaded session (a moving average), None until run.
         self._run_seconds: float | None = None
 
@@ -120,6 +120,9 @@ class RegistryLimits(msgspec.Struct, frozen=True):
     max_bytes: int | None = None
 
 
+#: Loads of one model a caller waits for before giving up, when each is evicted at once
+#: by other models' loads (more models in use than `max_models` allows).
+LOAD_ATTEMPTS = 3
 #: Inputs larger than this always go to the pool, however fast the model's recent runs.
 INLINE_INPUT_BYTES = 64 * 1024
 
@@ -295,15 +298,23 @@ class ModelRegistry:
         return model
 
     async def _ensure_loaded(self, model: Model) -> Session:
-        if model.session is not None:
-            self._touch(model)
-            return model.session
-        if model.choice.backend is None:
-            raise Unavailable(f"model {model.name!r} cannot be loaded: {model.choice.reason}")
-        if model._loading is None:
-            model._loading = asyncio.ensure_future(self._load(model))
-        # shield: a client that goes away must not cancel a load others are waiting for.
-        return await asyncio.shield(model._loading)
+        for _ in range(LOAD_ATTEMPTS):
+            if model.session is not None:
+                self._touch(model)
+                return model.session
+            if model.choice.backend is None:
+                raise Unavailable(f"model {model.name!r} cannot be loaded: {model.choice.reason}")
+            if model._loading is None:
+                model._loading = asyncio.ensure_future(self._load(model))
+            # shield: a client that goes away must not cancel a load others are waiting for.
+            session = await asyncio.shield(model._loading)
+            # Another load may have evicted (and closed) it before this caller's turn came.
+            if model.session is session:
+                return session
+        raise Unavailable(
+            f"model {model.name!r} was unloaded as soon as it loaded, {LOAD_ATTEMPTS} times: "
+            "more models are in use at once than the model limits allow; retry"
+        )
 
     async def _load(self, model: Model) -> Session:
         backend = self.backends[model.choice.backend]  # type: ignore[index]
@@ -318,6 +329,10 @@ class ModelRegistry:
             raise ModelError(f"model {model.name!r} failed to load: {model.error}") from exc
         finally:
             model._loading = None
+        if self._models.get(model.name, {}).get(model.spec.version) is not model:
+            # A rescan dropped or replaced the model while it loaded.
+            _close(model.name, session)
+            raise Unavailable(f"model {model.name!r} was removed or changed while it loaded; retry")
         if not session.memory_bytes:
             session.memory_bytes = _file_bytes(model.spec)
         model.session, model.state = session, READY
@@ -370,7 +385,7 @@ class ModelRegistry:
         if session is None:
             return False
         if model._active:
-            model._closing = session
+            model._closing.append(session)
         else:
             _close(model.name, session)
         return True
@@ -398,9 +413,10 @@ class ModelRegistry:
             model._active -= 1
             if self._observe:
                 self._observe(model.name, time.perf_counter() - started)
-            if model._closing is not None and not model._active:
-                session, model._closing = model._closing, None
-                _close(model.name, session)
+            if model._closing and not model._active:
+                closing, model._closing = model._closing, []
+                for old in closing:
+                    _close(model.name, old)
 
     async def close(self) -> None:
         for model in self.models():

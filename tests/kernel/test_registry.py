@@ -28,6 +28,8 @@ class MatrixSession(kernel.Session):
         self.closed = False
 
     def run(self, inputs):
+        if self.closed:
+            raise RuntimeError("run on a closed session")
         MatrixBackend.priorities["run"] = thread_priority()
         MatrixBackend.threads.append(threading.current_thread().name)
         if self.gate is not None:
@@ -43,15 +45,25 @@ class MatrixBackend(kernel.Backend):
 
     formats = frozenset({"npy"})
     loads: ClassVar[list[str]] = []
+    sessions: ClassVar[list[MatrixSession]] = []
     gate: ClassVar[threading.Event | None] = None
+    #: When set, the next loads wait for each other here, so that they finish together.
+    barrier: ClassVar[threading.Barrier | None] = None
     priorities: ClassVar[dict[str, int]] = {}
     threads: ClassVar[list[str]] = []
 
     def load(self, spec):
         type(self).priorities["load"] = thread_priority()
-        time.sleep(0.2)  # a load long enough for concurrent first requests to overlap
         type(self).loads.append(spec.qualified)
-        return MatrixSession(np.load(spec.path).astype(np.float32), type(self).gate)
+        weights = np.load(spec.path).astype(np.float32)
+        time.sleep(0.2)  # a load long enough for concurrent first requests to overlap
+        barrier = type(self).barrier
+        if barrier is not None:
+            barrier.wait(10)
+            type(self).barrier = None
+        session = MatrixSession(weights, type(self).gate)
+        type(self).sessions.append(session)
+        return session
 
 
 def thread_priority() -> int:
@@ -66,7 +78,10 @@ def models(tmp_path):
         np.save(folder / f"{name}.npy", factor * np.eye(3))
     (folder / "broken.npy").write_bytes(b"this is not numpy")
     MatrixBackend.loads = []
+    MatrixBackend.sessions = []
+    MatrixBackend.threads = []
     MatrixBackend.gate = None
+    MatrixBackend.barrier = None
     return folder
 
 
@@ -185,6 +200,49 @@ async def test_least_recently_used_model_is_evicted_past_the_count_limit(tmp_pat
     await k.registry.infer("quad", X)
     states = {m.spec.name: m.state for m in k.registry.models()}
     assert states == {"double": "ready", "triple": "available", "quad": "ready", "broken": "available"}
+
+
+@pytest.mark.anyio
+async def test_first_requests_for_more_models_than_the_limit_all_get_answers(tmp_path, models):
+    # Two loads finishing together: the second evicts the first before its caller's turn,
+    # which must load it again rather than run on the closed session.
+    k = make(tmp_path, models, max_models=1)
+    await k.registry.rescan()
+    MatrixBackend.barrier = threading.Barrier(2)
+    answers = await asyncio.gather(k.registry.infer("double", X), k.registry.infer("triple", X))
+    assert [a["y"].tolist() for a in answers] == [[[2, 2, 2]], [[3, 3, 3]]]
+    assert len([m for m in k.registry.models() if m.state == "ready"]) == 1
+
+
+@pytest.mark.anyio
+async def test_sessions_unloaded_twice_during_one_long_run_are_both_closed(tmp_path, models):
+    k = make(tmp_path, models, max_models=1)
+    await k.registry.rescan()
+    gate = MatrixBackend.gate = threading.Event()
+    running = asyncio.ensure_future(k.registry.infer("double", X))
+    while not MatrixBackend.threads:  # until the run has started
+        await asyncio.sleep(0.01)
+    MatrixBackend.gate = None  # only that first run waits
+    for name in ("triple", "double", "triple"):  # double evicted, loaded again, evicted again
+        await k.registry.load(name)
+    doubles = [s for s in MatrixBackend.sessions if s.weights[0, 0] == 2]
+    assert len(doubles) == 2 and not doubles[0].closed
+    gate.set()
+    assert (await running)["y"].tolist() == [[2, 2, 2]]
+    assert all(s.closed for s in doubles)
+
+
+@pytest.mark.anyio
+async def test_a_model_removed_while_it_loads_is_not_kept_loaded(tmp_path, models):
+    k = make(tmp_path, models)
+    await k.registry.rescan()
+    loading = asyncio.ensure_future(k.registry.load("double"))
+    await asyncio.sleep(0.05)
+    (models / "double.npy").unlink()
+    await k.registry.rescan()
+    with pytest.raises(kernel.Unavailable, match="removed or changed while it loaded"):
+        await loading
+    assert [s.closed for s in MatrixBackend.sessions] == [True]
 
 
 @pytest.mark.anyio
