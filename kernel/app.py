@@ -27,7 +27,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from kernel import hookspecs
 from kernel.__about__ import __version__
-from kernel.auth import Auth
+from kernel.auth import Auth, check_secret
 from kernel.backends import Backend
 from kernel.config import Config, build_config
 from kernel.discovery import BACKENDS, PLUGINS, STORAGE, PluginInfo, load, load_all
@@ -233,7 +233,10 @@ class Kernel:
         for name in plugins.sections:
             for sources in plugins.call(name, "kernel_model_sources", kernel=self):
                 for source in sources or []:
-                    self.registry.add_source(source)
+                    try:
+                        self.registry.add_source(source)
+                    except ValueError as exc:
+                        raise StartupError(f"{plugins.describe(name)}: {exc}") from None
 
     # -- for plugins ---------------------------------------------------------------------
 
@@ -270,6 +273,8 @@ class Kernel:
         if self.started:
             return
         started = time.perf_counter()
+        if self.config.kernel.token_secret is not None:
+            check_secret(self.config.kernel.token_secret)  # not only when a token is first checked
         await self.registry.rescan()
         for name in self.plugin_set.sections:
             results = self.plugin_set.call(name, "kernel_startup", kernel=self)

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import secrets
+import tempfile
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -69,23 +70,42 @@ def check_secret(secret: str) -> None:
 
 
 def stored_secret(state_dir: str) -> str:
-    """The secret kept in the state directory, generated (mode 0600) on first use."""
+    """The secret kept in the state directory, generated (mode 0600) on first use.
+
+    A new secret is written whole to a temporary file and linked into place, so a crash or
+    a second server starting at the same moment never leaves an empty or half-written one.
+    """
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
     path = os.path.join(state_dir, SECRET_FILE)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        with open(path, encoding="utf-8") as f:
-            secret = f.read().strip()
-        check_secret(secret)
-        return secret
-    secret = secrets.token_urlsafe(48)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(secret + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    log.info("generated a token secret in %s", path)
+    if not os.path.exists(path):
+        _write_new_secret(state_dir, path)
+    with open(path, encoding="utf-8") as f:
+        secret = f.read().strip()
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        raise StartupError(
+            f"the stored token secret {path} is {len(secret.encode())} bytes, under the minimum of "
+            f"{MIN_SECRET_BYTES}; delete the file to have a new one generated (tokens signed with it stop working)"
+        )
     return secret
+
+
+def _write_new_secret(state_dir: str, path: str) -> None:
+    fd, temporary = tempfile.mkstemp(prefix=f".{SECRET_FILE}.", dir=state_dir)  # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(secrets.token_urlsafe(48) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(temporary, path)  # fails if another process got there first: theirs is used
+        except FileExistsError:
+            return
+        except OSError:  # a file system without hard links
+            os.replace(temporary, path)
+        log.info("generated a token secret in %s", path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
 
 
 class TokenIssuer:
@@ -149,9 +169,9 @@ class Auth:
 
     @property
     def tokens(self) -> TokenIssuer:
-        """The token issuer. The first use checks the configured secret (a weak one is a
-        `StartupError`) or loads or generates the stored one, so plugins that use auth
-        touch it at startup."""
+        """The token issuer. The kernel refuses a weak configured secret at startup; the
+        first use loads or generates the stored one, so plugins that use auth touch it at
+        startup (an unwritable state directory then stops the server at once)."""
         if self._issuer is None:
             config = self._kernel.config.kernel
             if config.token_secret is not None:

@@ -219,6 +219,7 @@ def _ttl(value: str) -> int:
 def token(argv: list[str]) -> None:
     from kernel.app import Kernel, PluginSet
     from kernel.config import build_config
+    from kernel.discovery import BACKENDS, PLUGINS, entry_points
 
     parser = argparse.ArgumentParser(prog="kernel token", description="Mint a token signed with the server's secret.")
     parser.add_argument("--scope", action="append", required=True,
@@ -230,8 +231,10 @@ def token(argv: list[str]) -> None:
     parser.add_argument("--token-secret", help="signing secret (default: from config or the state dir)")
     args = parser.parse_args(argv)
     options = {k: v for k in ("state_dir", "token_secret") if (v := getattr(args, k)) is not None}
+    # The server's config file serves here too: its plugin and backend tables are not ours to check.
+    others = frozenset(entry_points(PLUGINS)) | frozenset(entry_points(BACKENDS))
     config = build_config({}, file=args.config or os.environ.get("KERNEL_CONFIG"),
-                          environ=os.environ, options={"kernel": options})
+                          environ=os.environ, options={"kernel": options}, ignore_sections=others)
     kernel = Kernel(PluginSet([], []), config)
     scopes = [s for item in args.scope for s in item.replace(",", " ").split()]
     print(kernel.auth.tokens.issue(args.subject, scopes, args.ttl))

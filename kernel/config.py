@@ -158,7 +158,7 @@ def build_config(
             continue  # not ours: other programs may use KERNEL_ variables too
         value: Any = raw
         if field is not None and _is_sequence(field.type):
-            value = [item for item in raw.split(",") if item]
+            value = [item.strip() for item in raw.split(",") if item.strip()]
         put(section, key, value, f"environment variable {var}")
 
     for section, given in (options or {}).items():

@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import jwt
 import pytest
@@ -88,6 +89,20 @@ def test_generated_secret_is_private_and_survives_a_restart(tmp_path):
     assert len(first) >= 32
     assert stat.S_IMODE(os.stat(tmp_path / "state" / "token_secret").st_mode) == 0o600
     assert stored_secret(str(tmp_path / "state")) == first
+
+
+def test_servers_starting_together_share_one_whole_secret(tmp_path):
+    state = str(tmp_path / "state")
+    with ThreadPoolExecutor(8) as pool:
+        found = set(pool.map(lambda _: stored_secret(state), range(8)))
+    assert len(found) == 1 and len(found.pop()) >= 32
+    assert os.listdir(state) == ["token_secret"]  # no temporary file left behind
+
+
+def test_a_damaged_stored_secret_says_which_file_to_delete(tmp_path):
+    (tmp_path / "token_secret").write_text("")
+    with pytest.raises(kernel.StartupError, match="token_secret is 0 bytes.*delete the file"):
+        stored_secret(str(tmp_path))
 
 
 @get("/guarded", guards=[kernel.requires("oip:infer")], sync_to_thread=False)

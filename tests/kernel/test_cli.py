@@ -136,6 +136,18 @@ def test_models_shows_name_source_backend_and_state(tmp_path):
     assert "dir.double" in table and "reads npy" in table
 
 
+def test_a_list_in_an_environment_variable_may_have_spaces_after_commas(tmp_path):
+    import numpy as np
+
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        np.save(tmp_path / folder / f"{folder}.npy", np.eye(3))
+    listed = f"{tmp_path / 'one'}, {tmp_path / 'two'}"
+    result = run_kernel(["models", "--plugins", "hello", "--json"], tmp_path, KERNEL_MODEL_DIR=listed)
+    assert result.returncode == 0, result.stderr
+    assert {r["name"] for r in json.loads(result.stdout)} == {"dir.one", "dir.two"}
+
+
 def test_token_is_signed_with_the_servers_secret(tmp_path, serve):
     home = tmp_path / "home"  # the same home (and so state dir) as the server's
     minted = run_kernel(["token", "--scope", "secure", "--ttl", "10m", "--subject", "ci"], home)
@@ -152,15 +164,21 @@ def test_token_is_signed_with_the_servers_secret(tmp_path, serve):
 
 
 @pytest.mark.parametrize("secret", ["change-me", "secret", "short-but-not-known"])
-def test_weak_secret_is_refused_when_auth_is_on(tmp_path, secret):
-    result = run_kernel(["serve", "--plugins", "secure", "--token-secret", secret, "--port", "0"], tmp_path)
+# hello uses no auth, but the kernel's own admin routes take tokens signed with the secret
+@pytest.mark.parametrize("plugin", ["secure", "hello"])
+def test_weak_secret_is_refused_at_startup(tmp_path, secret, plugin):
+    result = run_kernel(["serve", "--plugins", plugin, "--token-secret", secret, "--port", "0"], tmp_path)
     assert result.returncode == 1
     assert "token secret" in result.stderr and "--token-secret" in result.stderr
 
 
-def test_weak_secret_is_fine_when_no_plugin_uses_auth(tmp_path, serve):
-    server = serve("--plugins", "hello", "--token-secret", "change-me")
-    assert httpx.get(server.url + "/hello").status_code == 200
+def test_token_reads_the_servers_config_file_with_its_plugin_tables(tmp_path):
+    config = tmp_path / "server.toml"
+    config.write_text('plugins = ["hello"]\ntoken_secret = "%s"\n[hello]\ngreeting = "hi"\n[onnxruntime]\n'
+                      "intra_op_threads = 1\n" % ("s" * 40))
+    minted = run_kernel(["token", "--scope", "admin", "--config", str(config)], tmp_path)
+    assert minted.returncode == 0, minted.stderr
+    jwt.decode(minted.stdout.strip(), "s" * 40, algorithms=["HS256"])
 
 
 def test_serve_real_http_with_example_plugin_and_json_logs(tmp_path, serve):

@@ -145,6 +145,16 @@ def test_hook_kernel_model_sources(tmp_path):
         k.registry.get("shared")
 
 
+def test_two_model_sources_with_one_name_stop_startup_naming_the_plugin(tmp_path):
+    class Twice:
+        @kernel.hookimpl
+        def kernel_model_sources(self, kernel):
+            return [Listing("alpha", ["one"]), Listing("alpha", ["two"])]
+
+    with pytest.raises(kernel.StartupError, match=r"twice.*two model sources are named 'alpha'"):
+        make(tmp_path, {"twice": Twice()})
+
+
 class TokenHeader:
     """A plugin whose protocol sends a token in a header of its own."""
 
