@@ -64,6 +64,9 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
     processor: str = "cpu"
     #: Backend and plugin settings from the model's config (threads, decoder, ...).
     params: dict[str, Any] = {}
+    #: What identifies this version of the files (sizes and modification times): a
+    #: rescan that finds a spec differing in anything, this included, reloads the model.
+    revision: str = ""
 
 
 class ModelSource(abc.ABC):

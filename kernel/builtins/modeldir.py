@@ -43,10 +43,20 @@ class ModelDirSource(ModelSource):
             if not root.is_dir():
                 log.warning("model directory %s does not exist", root)
                 continue
-            for entry in sorted(root.iterdir()):
+            try:
+                entries = sorted(root.iterdir())
+            except OSError as exc:
+                log.warning("model directory %s cannot be read: %s", root, exc)
+                continue
+            for entry in entries:
                 if entry.name.startswith("."):
                     continue
-                found = self._folder(entry) if entry.is_dir() else self._file(entry)
+                try:
+                    found = self._folder(entry) if entry.is_dir() else self._file(entry)
+                except (OSError, RuntimeError) as exc:  # one unreadable model must not hide the others
+                    # (RuntimeError: Path.resolve on a symlink loop before Python 3.13)
+                    log.warning("model %s skipped: %s", entry, exc)
+                    continue
                 if not found:
                     continue
                 if found[0].name in specs:
@@ -116,7 +126,14 @@ class ModelDirSource(ModelSource):
             backend=settings.pop("backend", None),
             processor=processor,
             params=settings,
+            revision=_revision([model, *map(Path, files.values())]),
         )
+
+
+def _revision(paths: list[Path]) -> str:
+    """Sizes and modification times of a model's files: a file replaced in place changes it."""
+    stats = [path.stat() for path in paths]
+    return " ".join(f"{st.st_size}:{st.st_mtime_ns}" for st in stats)
 
 
 def _labels_beside(model: Path) -> Path | None:

@@ -271,6 +271,31 @@ async def test_rescan_adds_and_removes_models(tmp_path, models):
 
 
 @pytest.mark.anyio
+async def test_rescan_reloads_a_model_whose_file_was_replaced(tmp_path, models):
+    k = make(tmp_path, models)
+    await k.registry.rescan()
+    assert (await k.registry.infer("double", X))["y"][0, 0] == 2
+    np.save(models / "double.npy", 5 * np.eye(3))
+    os.utime(models / "double.npy", ns=(0, 10**18))  # a new time even on coarse clocks
+    await k.registry.rescan()
+    assert (await k.registry.infer("double", X))["y"][0, 0] == 5
+    assert MatrixBackend.sessions[0].closed
+
+
+@pytest.mark.anyio
+@pytest.mark.skipif(not os.path.exists("/proc/self/mem"), reason="needs a file that fails to read")
+async def test_a_model_that_cannot_be_read_hides_no_other(tmp_path, models, caplog):
+    (models / "unreadable").mkdir()
+    np.save(models / "unreadable" / "model.npy", np.eye(3))
+    (models / "unreadable" / "config.toml").symlink_to("/proc/self/mem")  # reading it fails (EIO)
+    k = make(tmp_path, models)
+    await k.registry.rescan()
+    assert {"double", "triple", "quad"} <= set(k.registry.names())
+    assert "unreadable" not in k.registry.names()
+    assert "model " + str(models / "unreadable") + " skipped" in caplog.text
+
+
+@pytest.mark.anyio
 async def test_versions_from_a_triton_layout(tmp_path):
     repo = tmp_path / "repo"
     for version, factor in (("1", 1), ("2", 2), ("10", 10)):
