@@ -23,7 +23,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.config import default_operation_id_creator
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.routes import HTTPRoute
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import Receive, Scope, Send
 
 from kernel import hookspecs
 from kernel.__about__ import __version__
@@ -350,10 +350,9 @@ class Kernel:
             raise StartupError(f"{where} has an invalid route: {type(exc).__name__}: {exc}") from exc
 
     def _litestar(self, routers: list[tuple[str, Router]]) -> Litestar:
-        return Litestar(
+        return _KernelApp(
             route_handlers=[router for _, router in routers],
             exception_handlers=error_handlers(),
-            middleware=[_observe_requests],
             on_startup=[self.startup],
             on_shutdown=[self.shutdown],
             openapi_config=OpenAPIConfig(
@@ -384,17 +383,21 @@ def _builds(router: Router) -> bool:
     return True
 
 
-def _observe_requests(app: ASGIApp) -> ASGIApp:
-    """Request id, access log and metrics for every request a route handles."""
-    access = logging.getLogger("kernel.access")
+class _KernelApp(Litestar):
+    """Litestar, with a request id, an access log line and metrics for every HTTP request,
+    those no route matched (404, 405) included: Litestar's own middleware only wraps
+    matched routes."""
 
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await super().__call__(scope, receive, send)
+            return
         headers = dict(scope.get("headers") or [])
         rid = new_request_id(headers.get(b"x-request-id", b"").decode("latin-1") or None)
         token = request_id.set(rid)
-        if scope["type"] != "http":
+        if scope["type"] == "websocket":
             try:
-                await app(scope, receive, send)
+                await super().__call__(scope, receive, send)
             finally:
                 request_id.reset(token)
             return
@@ -405,24 +408,26 @@ def _observe_requests(app: ASGIApp) -> ASGIApp:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             await send(message)
 
         try:
-            await app(scope, receive, send_with_id)
+            await super().__call__(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
-            kernel: Kernel = scope["app"].state["kernel"]
-            plugin = scope["route_handler"].opt.get("kernel_plugin", "")
-            route = scope.get("path_template", scope["path"])
+            kernel: Kernel = self.state["kernel"]
+            handler = scope.get("route_handler")
+            plugin = handler.opt.get("kernel_plugin", "") if handler is not None else ""
+            # Unmatched paths share one label: each would otherwise be a metric series of its own.
+            route = scope.get("path_template", "(unmatched)") if handler is not None else "(unmatched)"
             kernel.metrics.requests.labels(plugin, scope["method"], route, str(status)).inc()
             kernel.metrics.request_seconds.labels(plugin, scope["method"], route).observe(elapsed)
             client = (scope.get("client") or ("-",))[0]
-            access.info('%s "%s %s" %d %.1fms', client, scope["method"], scope["path"], status, elapsed * 1000)
+            _access.info('%s "%s %s" %d %.1fms', client, scope["method"], scope["path"], status, elapsed * 1000)
             request_id.reset(token)
 
-    return middleware
+
+_access = logging.getLogger("kernel.access")
 
 
 def create_kernel(

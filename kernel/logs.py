@@ -53,11 +53,26 @@ class JsonFormatter(logging.Formatter):
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s [%(request_id)s] %(name)s: %(message)s"
 
 
+class TextFormatter(logging.Formatter):
+    """One line per record: control characters in a message (a request path with `%0a`,
+    a client's value) are escaped, so no input can forge a log line. Tracebacks still
+    follow on lines of their own."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        if not record.message.isprintable():
+            record.message = _CONTROL_RE.sub(lambda m: repr(m.group())[1:-1], record.message)
+        return super().formatMessage(record)
+
+
+#: Characters that end or rewrite a line on a terminal or in a log file.
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def setup_logging(fmt: str = "text", level: str = "info") -> None:
     """Send every logger's records to stderr in the chosen format."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_RequestIdFilter())
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -181,6 +181,16 @@ def test_token_reads_the_servers_config_file_with_its_plugin_tables(tmp_path):
     jwt.decode(minted.stdout.strip(), "s" * 40, algorithms=["HS256"])
 
 
+def test_a_request_cannot_forge_a_log_line(tmp_path, serve):
+    server = serve("--plugins", "hello")
+    forged = "2026-01-01 00:00:00,000 INFO    [-] kernel.auth: forged"
+    httpx.get(server.url + "/nosuch%0a" + forged.replace(" ", "%20"))
+    server.stop()
+    lines = server.output().splitlines()
+    assert not any(line.startswith(forged) for line in lines)
+    assert any("/nosuch\\n" + forged in line for line in lines)
+
+
 def test_serve_real_http_with_example_plugin_and_json_logs(tmp_path, serve):
     import numpy as np
 

@@ -64,6 +64,18 @@ def test_metrics_count_requests_inference_and_loaded_models(client):
     assert "kernel_models_loaded 1.0" in text
 
 
+def test_requests_no_route_matches_get_an_id_a_log_line_and_one_metric_series(client, caplog):
+    caplog.set_level(logging.INFO, logger="kernel.access")
+    for path in ("/nosuch/1", "/nosuch/2"):
+        assert "x-request-id" in client.get(path).headers
+    answer = client.delete("/-/health", headers={"X-Request-ID": "wrong-method"})
+    assert answer.status_code == 405 and answer.headers["x-request-id"] == "wrong-method"
+    assert sum('"GET /nosuch/' in r.getMessage() for r in caplog.records) == 2
+    text = client.get("/-/metrics").text
+    assert 'kernel_http_requests_total{method="GET",plugin="",route="(unmatched)",status="404"} 2.0' in text
+    assert 'route="(unmatched)",status="405"} 1.0' in text
+
+
 def test_docs_and_openapi(client):
     assert client.get("/docs").status_code == 200
     schema = client.get("/openapi.json").json()
