@@ -3,7 +3,9 @@
 Plugins keep objects (model archives, token files) through a driver picked by URL scheme
 from the `kernel.storage` entry-point group: `kernel.storage("file:///srv/zoo")`. Keys are
 `/`-separated relative names; a key that could escape the root (`..`, an absolute path,
-a NUL byte, a backslash) is rejected with `InvalidKey` (a 400).
+a NUL byte, a backslash), or that uses a name reserved for partial writes (`.tmp-...`),
+is rejected with `InvalidKey` (a 400); a key that is both an object and a prefix of other
+keys (`a` beside `a/b`) is a `Conflict` (a 409).
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from kernel.errors import BadRequest, NotFound
+from kernel.errors import BadRequest, Conflict, NotFound
 
 CHUNK = 1024 * 1024
+#: Prefix of the file driver's partial writes, which listings skip.
+TEMPORARY = ".tmp-"
 
 
 class InvalidKey(BadRequest, ValueError):
@@ -31,6 +35,8 @@ def check_key(key: str) -> str:
     parts = key.split("/")
     if any(part in ("", ".", "..") for part in parts):
         raise InvalidKey(f"invalid storage key {key!r}")
+    if any(part.startswith(TEMPORARY) for part in parts):
+        raise InvalidKey(f"invalid storage key {key!r}: names beginning {TEMPORARY!r} are the driver's")
     return key
 
 
@@ -98,8 +104,14 @@ class FileStorage(Storage):
 
     def write(self, key: str, data: bytes | Iterable[bytes]) -> int:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+        clash = Conflict(f"storage key {key!r} clashes with an object or a prefix of other keys")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):  # a part of the key is an object
+            raise clash from None
+        if path.is_dir():  # the key is a prefix of other keys
+            raise clash
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMPORARY, suffix=".part")
         size = 0
         try:
             with os.fdopen(fd, "wb") as f:
@@ -132,10 +144,10 @@ class FileStorage(Storage):
     def list(self, prefix: str = "") -> list[str]:
         keys = []
         for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".tmp-")]
+            dirnames[:] = [d for d in dirnames if not d.startswith(TEMPORARY)]
             rel = Path(dirpath).relative_to(self.root)
             for name in filenames:
-                if name.startswith(".tmp-"):
+                if name.startswith(TEMPORARY):
                     continue
                 key = (rel / name).as_posix() if rel.parts else name
                 if key.startswith(prefix):
@@ -146,7 +158,7 @@ class FileStorage(Storage):
         path = self._path(key)
         try:
             path.unlink()
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):  # no object of that key
             return False
         fsync_dir(path.parent)
         return True

@@ -32,12 +32,24 @@ def test_write_read_list_delete(store):
         store.stream("nothing")
 
 
-@pytest.mark.parametrize("key", ["../escape", "a/../../b", "/etc/passwd", "a\x00b", "a\\..\\b", "", "a//b", "./a"])
+@pytest.mark.parametrize("key", ["../escape", "a/../../b", "/etc/passwd", "a\x00b", "a\\..\\b", "", "a//b", "./a",
+                                 ".tmp-x", "a/.tmp-b/c"])
 def test_keys_that_could_escape_are_rejected(store, key):
     with pytest.raises(kernel.InvalidKey):
         store.write(key, b"x")
     with pytest.raises(kernel.InvalidKey):
         store.read(key)
+
+
+def test_an_object_and_a_prefix_of_one_name_clash_without_a_server_error(store):
+    store.write("a/b", b"x")
+    for key in ("a", "a/b/c"):  # a prefix of a/b; a key under the object a/b
+        with pytest.raises(kernel.Conflict):
+            store.write(key, b"y")
+        assert not store.delete(key)
+        with pytest.raises(kernel.NotFound):
+            store.read(key)
+    assert store.list() == ["a/b"] and store.read("a/b") == b"x"
 
 
 def test_a_symlink_out_of_the_root_is_rejected(store, tmp_path):
