@@ -41,6 +41,9 @@ def describe(exc: Exception) -> tuple[int, str, dict[str, str]]:
             if problems:
                 message = f"{message}: {'; '.join(problems)}"
         return exc.status_code, message, dict(exc.headers or {})
+    if isinstance(exc, UnicodeDecodeError):
+        # What Litestar's JSON decoding (msgspec) raises for a body that is not UTF-8.
+        return 400, f"the request body is not valid UTF-8 ({exc.reason})", {}
     return 500, "Internal server error", {}
 
 

@@ -6,6 +6,8 @@ import logging
 
 import numpy as np
 import pytest
+from litestar import post
+from litestar.params import JSONBody
 from litestar.testing import TestClient
 
 import kernel
@@ -88,6 +90,24 @@ def test_garbage_gets_a_4xx_json_error_and_the_server_keeps_serving(client):
     assert client.get("/-/nosuch").json() == {"detail": "Not Found"}
     assert client.delete("/-/health").status_code == 405
     assert client.get("/-/health").status_code == 200
+
+
+def test_a_json_body_that_is_not_utf8_is_a_400(tmp_path):
+    @post("/echo", sync_to_thread=False)
+    def echo(data: JSONBody[dict]) -> dict:
+        return data
+
+    class Echo:
+        @kernel.hookimpl
+        def kernel_routes(self, kernel):
+            return [echo]
+
+    k = kernel.create_kernel([], extra={"echo": Echo()}, options={"kernel": {"state_dir": str(tmp_path)}})
+    with TestClient(k.app) as client:
+        answer = client.post("/echo", content=b'{"a": "\xff"}', headers={"content-type": "application/json"})
+        assert answer.status_code == 400
+        assert answer.json() == {"detail": "the request body is not valid UTF-8 (invalid start byte)"}
+        assert client.post("/echo", json={"a": "é"}).json() == {"a": "é"}
 
 
 def test_every_log_line_of_a_request_carries_its_id(client, caplog):
