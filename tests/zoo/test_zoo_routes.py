@@ -67,6 +67,8 @@ def test_listing_serves_the_params_inside_each_archive(zoo: Zoo) -> None:
         inside = json.loads(z.read(f"{MODEL}/{MODEL}.json"))
     assert zoo.http.get(f"{API}/models/acme/vision").json() == {MODEL: inside}
     assert zoo.http.get(f"{API}/models/acme/vision", params={"short": "true"}).json() == {MODEL: {}}
+    # The original has no `short`: a value that is not a boolean is ignored, as it is there.
+    assert zoo.http.get(f"{API}/models/acme/vision", params={"short": "maybe"}).json() == {MODEL: inside}
     assert zoo.http.get(f"{API}/models/acme/empty").json() == {}
     assert zoo.http.get(f"{API}/zoos/nobody").json() == []
     missing = zoo.http.get(f"{API}/models/acme/nowhere")
@@ -78,7 +80,11 @@ def test_model_check_dictionary_readme_and_info(zoo: Zoo) -> None:
     checksum = params(MODEL, classifier_onnx())["Checksum"]
     assert zoo.http.get(base + "/check", params={"checksum": checksum}).json() == {"status": True}
     assert zoo.http.get(base + "/check", params={"checksum": "old"}).json() == {"status": False}
-    assert zoo.http.get(base + "/check").status_code == 400
+    for model in (MODEL, "nope"):  # FastAPI checks the query before the handler looks for the model
+        missing = zoo.http.get(f"{API}/models/acme/vision/{model}/check")
+        assert missing.status_code == 422
+        assert missing.json() == {"detail": [{"type": "missing", "loc": ["query", "checksum"],
+                                              "msg": "Field required", "input": None}]}
     assert zoo.http.get(base + "/dictionary").json() == LABELS
     assert zoo.http.get(base + "/readme").json() == "# A test model\n"
     info = zoo.http.get(base + "/info").json()
@@ -88,6 +94,9 @@ def test_model_check_dictionary_readme_and_info(zoo: Zoo) -> None:
         missing = zoo.http.get(f"{API}/models/acme/vision/nope{suffix}")
         assert missing.status_code == 400
         assert missing.json() == {"detail": "Model nope is not found in model zoo acme/vision"}
+    for path in (f"vision/{MODEL}%0A", f"vision%0A/{MODEL}"):  # a name with a trailing newline is not plain
+        answer = zoo.http.get(f"{API}/models/acme/{path}/info")
+        assert answer.status_code == 400 and answer.json()["detail"].startswith("invalid "), answer.text
 
 
 def test_download_streams_the_archive_with_length_and_etag(zoo: Zoo) -> None:

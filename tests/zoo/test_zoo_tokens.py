@@ -76,6 +76,20 @@ def test_without_tokens_only_the_first_admin_token_can_be_made(tmp_path: Path) -
         server.stop()
 
 
+def test_an_unreadable_is_admin_is_a_422_as_in_fastapi(zoo: Zoo) -> None:
+    before = zoo.tokens_file()
+    for headers in ({}, {"token": zoo.admin}):
+        answer = zoo.http.post(API + "/tokens", params={"is_admin": "maybe"}, headers=headers)
+        assert answer.status_code == 422
+        assert answer.json() == {"detail": [{"type": "bool_parsing", "loc": ["query", "is_admin"],
+                                             "msg": "Input should be a valid boolean, unable to interpret input",
+                                             "input": "maybe"}]}
+    assert zoo.tokens_file() == before
+    # FastAPI's spellings of a boolean, in any case
+    made = zoo.http.post(API + "/tokens", params={"is_admin": "Y"}, headers={"token": zoo.admin})
+    assert made.status_code == 200 and made.json()["value"]["is_admin"] is True
+
+
 def test_token_travels_in_either_header(zoo: Zoo) -> None:
     for headers in ({"token": zoo.admin}, {"Authorization": f"Bearer {zoo.admin}"}):
         answer = zoo.http.get(API + "/zoos/acme", headers=headers)

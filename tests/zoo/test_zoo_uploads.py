@@ -15,7 +15,17 @@ import httpx
 import pytest
 
 from tests.conftest import Server
-from tests.zoo.zoo_archives import classifier_onnx, model_members, params, snapshot, write_archive, zip_bytes
+from tests.zoo.zoo_archives import (
+    classifier_onnx,
+    damaged,
+    encrypted,
+    model_members,
+    params,
+    snapshot,
+    with_method,
+    write_archive,
+    zip_bytes,
+)
 from tests.zoo.zoo_servers import serving_zoo
 
 API = "/zoo/v1/public"
@@ -56,6 +66,7 @@ def members(**replace: bytes | None) -> list[tuple[str, bytes]]:
 
 
 GOOD = members()
+STORED = zip_bytes(GOOD, compression=zipfile.ZIP_STORED)
 BAD = {
     "not a zip": (b"this is not a zip archive", "not a valid zip archive"),
     "name does not match the top folder": (zip_bytes([(n.replace(f"{M}/", "other/"), d) for n, d in GOOD]),
@@ -78,6 +89,14 @@ BAD = {
     "zip bomb by ratio": (zip_bytes([*GOOD, (f"{M}/zeros.bin", bytes(2 * 1024 * 1024))]), "a ratio over the limit"),
     "zip bomb by size": (zip_bytes([*GOOD, (f"{M}/random.bin", os.urandom(MAX_UNPACKED))],
                                    compression=zipfile.ZIP_STORED), "over the limit of"),
+    "params damaged": (damaged(STORED, b'"ConfigVersion"'), f"{M}/{M}.json cannot be read: Bad CRC-32"),
+    "params encrypted": (encrypted(STORED, f"{M}/{M}.json"), f"{M}/{M}.json cannot be read: it is encrypted"),
+    "params nested too deep": (zip_bytes(members(**{f"{M}.json": b"[" * 100_000 + b"]" * 100_000}),
+                                         compression=zipfile.ZIP_STORED), "is not valid JSON"),
+    "model file damaged": (damaged(STORED, b"classifier"), f"{M}/{M}.onnx cannot be read: Bad CRC-32"),
+    "model file encrypted": (encrypted(STORED, f"{M}/{M}.onnx"), f"{M}/{M}.onnx cannot be read: it is encrypted"),
+    "model file in Deflate64": (with_method(STORED, f"{M}/{M}.onnx", 9),
+                                f"{M}/{M}.onnx cannot be read: its compression method (9) is not supported"),
 }
 
 
@@ -99,6 +118,8 @@ def test_bad_archives_are_refused_and_nothing_is_written(zoo: Zoo, case: str) ->
     ("acme/vision", "m.tar", "must be a plain"),
     ("acme/vision", ".m.zip", "invalid model name"),
     ("acme/vision", "m;rm.zip", "invalid model name"),
+    ("acme/vision", "m\n.zip", "invalid model name"),  # a trailing newline is not plain either
+    ("acme/vision%0A", f"{M}.zip", "invalid zoo name"),
 ])
 def test_names_that_are_not_plain_are_refused(zoo: Zoo, zoo_path: str, filename: str, message: str) -> None:
     before = snapshot(zoo.root)
@@ -112,6 +133,18 @@ def test_upload_without_the_file_field_is_refused(zoo: Zoo) -> None:
                                                         files={"other": ("m.zip", b"x")}).json()["detail"]
     plain = zoo.http.post(f"{API}/models/acme/vision", content=zip_bytes(GOOD))
     assert plain.status_code == 400 and "multipart/form-data" in plain.json()["detail"]
+
+
+def test_an_unreadable_allow_overwrite_is_a_422_as_in_fastapi(zoo: Zoo) -> None:
+    before = snapshot(zoo.root)
+    answer = zoo.http.post(f"{API}/models/acme/vision", params={"allow_overwrite": "maybe"},
+                           files={"file": ("existing.zip", zip_bytes(GOOD))})
+    assert answer.status_code == 422
+    assert answer.json() == {"detail": [{"type": "bool_parsing", "loc": ["query", "allow_overwrite"],
+                                         "msg": "Input should be a valid boolean, unable to interpret input",
+                                         "input": "maybe"}]}
+    assert snapshot(zoo.root) == before
+    assert os.listdir(zoo.root / ".uploads") == []
 
 
 def test_uploads_over_the_limit_are_refused_while_they_arrive(zoo: Zoo) -> None:

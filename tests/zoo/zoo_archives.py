@@ -9,7 +9,7 @@ import json
 import stat
 import warnings
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +100,42 @@ def snapshot(root: Path) -> dict[str, bytes]:
         p.relative_to(root).as_posix(): p.read_bytes()
         for p in sorted(root.rglob("*")) if p.is_file() and ".uploads" not in p.parts
     }
+
+
+
+def _headers(data: bytes, member: str) -> Iterator[tuple[int, int]]:
+    """Offsets of the flags and compression method of `member`, in its local header and in
+    the central directory."""
+    name = member.encode()
+    for signature, name_length, name_at, flags, method in ((b"PK\x03\x04", 26, 30, 6, 8),
+                                                            (b"PK\x01\x02", 28, 46, 8, 10)):
+        at = data.find(signature)
+        while at >= 0:
+            length = int.from_bytes(data[at + name_length:at + name_length + 2], "little")
+            if data[at + name_at:at + name_at + length] == name:
+                yield at + flags, at + method
+            at = data.find(signature, at + 4)
+
+
+def with_method(data: bytes, member: str, method: int) -> bytes:
+    """A stored archive whose `member` claims compression `method` (9: Deflate64)."""
+    out = bytearray(data)
+    for _, at in _headers(data, member):
+        out[at:at + 2] = method.to_bytes(2, "little")
+    return bytes(out)
+
+
+def encrypted(data: bytes, member: str) -> bytes:
+    """An archive whose `member` is flagged as encrypted."""
+    out = bytearray(data)
+    for at, _ in _headers(data, member):
+        out[at] |= 0x1
+    return bytes(out)
+
+
+def damaged(data: bytes, inside: bytes) -> bytes:
+    """A stored archive with a byte of `inside` (part of a member's data) changed, so that
+    the member no longer matches its CRC."""
+    out = bytearray(data)
+    out[out.index(inside)] ^= 0x20
+    return bytes(out)

@@ -26,15 +26,19 @@ import kernel
 
 log = logging.getLogger("kernel.zoo")
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 _DRIVE_RE = re.compile(r"^[A-Za-z]:")
 #: Largest JSON or README member read into memory.
 MAX_TEXT_MEMBER = 16 * 1024 * 1024
+#: What reading a member of a damaged or unusual zip raises: a bad CRC or header, a broken
+#: deflate stream, a truncated file, an encrypted member (RuntimeError) or a compression
+#: method zipfile lacks, such as Deflate64 (NotImplementedError, a RuntimeError).
+READ_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, RuntimeError)
 
 
 def check_name(kind: str, name: str) -> str:
     """`name` if it is a plain name (letters, digits, `_`, `-`, `.`, not leading `.`)."""
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise kernel.BadRequest(f"invalid {kind} name {name!r}: use letters, digits, '_', '-' and '.', not leading '.'")
     return name
 
@@ -60,12 +64,32 @@ class InvalidArchive(kernel.BadRequest):
     """An archive that breaks a rule; its message says which, never the server's paths."""
 
 
+def _unreadable(info: zipfile.ZipInfo, exc: Exception) -> InvalidArchive:
+    if info.flag_bits & 0x1:
+        reason = "it is encrypted"
+    elif isinstance(exc, NotImplementedError):
+        reason = f"its compression method ({info.compress_type}) is not supported"
+    elif isinstance(exc, zlib.error):  # zlib's message names codes, not the problem
+        reason = "its compressed data is damaged"
+    else:
+        reason = str(exc)
+    return InvalidArchive(f"archive member {info.filename} cannot be read: {reason}")
+
+
+def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    try:
+        return z.read(info)
+    except READ_ERRORS as exc:
+        raise _unreadable(info, exc) from None
+
+
 def _json_member(z: zipfile.ZipFile, member: zipfile.ZipInfo, what: str) -> Any:
     if member.file_size > MAX_TEXT_MEMBER:
         raise InvalidArchive(f"{what} {member.filename} is larger than {MAX_TEXT_MEMBER} bytes")
+    data = _read_member(z, member)
     try:
-        return json.loads(z.read(member))
-    except (ValueError, UnicodeDecodeError) as exc:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to decode
         raise InvalidArchive(f"{what} {member.filename} is not valid JSON: {exc}") from None
 
 
@@ -134,7 +158,7 @@ def read_archive(path: Path, model: str, limits: Limits | None = None) -> Archiv
         readme = ""
         readme_info = next((i for n, i in members.items() if n.lower() == f"{model}/readme.md".lower()), None)
         if readme_info is not None and readme_info.file_size <= MAX_TEXT_MEMBER:
-            readme = z.read(readme_info).decode("utf-8", errors="replace")
+            readme = _read_member(z, readme_info).decode("utf-8", errors="replace")
         # Reading each member above also checked its CRC; a damaged binary fails here.
         if limits is not None:
             _check_crc(z, members[binary])
@@ -166,10 +190,8 @@ def _check_crc(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
         with z.open(info) as f:
             while f.read(1024 * 1024):
                 pass
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        raise InvalidArchive(f"archive member {info.filename} is damaged: {exc}") from None
-    except zlib.error as exc:  # a malformed deflate stream
-        raise InvalidArchive(f"archive member {info.filename} cannot be read: {type(exc).__name__}") from None
+    except READ_ERRORS as exc:
+        raise _unreadable(info, exc) from None
 
 
 def identity(st: os.stat_result) -> tuple[int, int, int, int]:

@@ -1,6 +1,8 @@
 """The routes of DeGirum's model zoo server, with its status codes and `{"detail": ...}` errors.
 
 Like the original, a zoo or model that does not exist is a 400 and every auth refusal a 401.
+Query parameters are read here rather than by Litestar, so that a missing or unreadable one
+is FastAPI's 422 with its list of errors, as the original answers.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 from litestar import Request, Response, delete, get, post
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath
 from litestar.response import File
 
 import kernel
@@ -36,6 +38,10 @@ DEVICES = (
     "TFLITE/CPU", "TFLITE/EDGETPU", "TFLITE/NXP_ETHOSU", "TFLITE/NXP_VX", "MEMRYX/MX3",
 )
 
+#: Query values FastAPI reads as a boolean (any case); anything else is a 422 there.
+BOOLS = {"1": True, "on": True, "t": True, "true": True, "y": True, "yes": True,
+         "0": False, "off": False, "f": False, "false": False, "n": False, "no": False}
+
 reader = [kernel.requires(), auth.zoo_reader]
 admin = [kernel.requires(), auth.admin]
 _json = msgspec.json.Encoder()
@@ -49,6 +55,49 @@ def _zoo(request: Request) -> Zoo:
 
 def _json_response(value: Any, status: int = 200) -> Response[bytes]:
     return Response(_json.encode(value), media_type="application/json", status_code=status)
+
+
+class InvalidQuery(kernel.KernelError):
+    """A query parameter missing or unreadable; answered in FastAPI's shape by `_unprocessable`."""
+
+    status_code = 422
+
+    def __init__(self, kind: str, name: str, message: str, value: str | None) -> None:
+        super().__init__(f"query parameter {name!r}: {message}")
+        self.error = {"type": kind, "loc": ["query", name], "msg": message, "input": value}
+
+
+def _unprocessable(request: Request, exc: InvalidQuery) -> Response[bytes]:
+    return _json_response({"detail": [exc.error]}, exc.status_code)
+
+
+#: The exception handlers of the routes that read query parameters.
+QUERY_ERRORS = {InvalidQuery: _unprocessable}
+
+
+def _query(request: Request, name: str) -> str | None:
+    """The last value of a query parameter, the one FastAPI reads."""
+    values = request.query_params.getall(name, [])
+    return values[-1] if values else None
+
+
+def _required(request: Request, name: str) -> str:
+    value = _query(request, name)
+    if value is None:
+        raise InvalidQuery("missing", name, "Field required", None)
+    return value
+
+
+def _flag(request: Request, name: str) -> bool:
+    """A boolean query parameter, false when absent."""
+    value = _query(request, name)
+    if value is None:
+        return False
+    flag = BOOLS.get(value.lower())
+    if flag is None:
+        raise InvalidQuery("bool_parsing", name, "Input should be a valid boolean, unable to interpret input",
+                           value)
+    return flag
 
 
 def _header(request: Request, name: str) -> str:
@@ -97,9 +146,10 @@ async def token_get(request: Request) -> TokenEntry:
     return _entry(token, value)
 
 
-@post(API + "/tokens", status_code=200)
-async def token_create(request: Request, is_admin: FromQuery[bool] = False) -> TokenEntry:
+@post(API + "/tokens", status_code=200, exception_handlers=QUERY_ERRORS)
+async def token_create(request: Request) -> TokenEntry:
     """The first token needs no credential and must be an admin; later ones need an admin."""
+    is_admin = _flag(request, "is_admin")
     store = _zoo(request).store
     principal = None
     if not store.empty():
@@ -175,12 +225,13 @@ async def zoos_list(request: Request, organization: Part) -> list[dict[str, Any]
 
 
 @get(MODELS, guards=reader)
-async def models_list(request: Request, organization: Part, zoo_name: Part,
-                      short: FromQuery[bool] = False) -> Response[bytes]:
+async def models_list(request: Request, organization: Part, zoo_name: Part) -> Response[bytes]:
     tree = _zoo(request).tree
     folder = tree.zoo_dir(organization, zoo_name)
     listing = tree.recent_listing(folder) or await asyncio.to_thread(tree.listing, folder)
-    # `short` (older clients) asks for the names only; the answer keeps its shape.
+    # `short` (older clients) asks for the names only; the answer keeps its shape. The
+    # original has no `short` and ignores it, so a value that is not a boolean lists in full.
+    short = BOOLS.get((_query(request, "short") or "").lower(), False)
     return Response(listing.short if short else listing.full, media_type="application/json")
 
 
@@ -189,9 +240,9 @@ async def _model(request: Request, organization: str, zoo_name: str, model: str)
     return await asyncio.to_thread(tree.model, organization, zoo_name, model)
 
 
-@get(MODEL + "/check", guards=reader)
-async def model_check(request: Request, organization: Part, zoo_name: Part, model: Part,
-                      checksum: FromQuery[str]) -> dict[str, bool]:
+@get(MODEL + "/check", guards=reader, exception_handlers=QUERY_ERRORS)
+async def model_check(request: Request, organization: Part, zoo_name: Part, model: Part) -> dict[str, bool]:
+    checksum = _required(request, "checksum")
     _, info = await _model(request, organization, zoo_name, model)
     return {"status": info.checksum == checksum}
 
@@ -230,9 +281,9 @@ async def model_download(request: Request, organization: Part, zoo_name: Part, m
         raise kernel.BadRequest(f"Model {model} is not found in model zoo {organization}/{zoo_name}") from None
 
 
-@post(MODELS, guards=admin, status_code=201, request_max_body_size=None)
-async def model_upload(request: Request, organization: Part, zoo_name: Part,
-                       allow_overwrite: FromQuery[bool] = False) -> dict[str, str]:
+@post(MODELS, guards=admin, status_code=201, request_max_body_size=None, exception_handlers=QUERY_ERRORS)
+async def model_upload(request: Request, organization: Part, zoo_name: Part) -> dict[str, str]:
+    allow_overwrite = _flag(request, "allow_overwrite")
     z = _zoo(request)
     folder = z.tree.zoo_dir(organization, zoo_name)
     received = await receive(request, z.tree.uploads, z.config.max_upload)

@@ -2,8 +2,9 @@
 
 Archives whose model binary a backend reads (`.onnx`, `.tflite`) are offered to the
 registry; the binary is extracted once per archive identity into a cache under the
-kernel's state directory (extracted to a temporary name, then renamed), and caches of
-archives that are gone are removed on the next scan. Other archives are served as files only.
+kernel's state directory (extracted to a temporary name of its own, then renamed), and
+caches of archives that are gone are removed on the next scan. Scans run one at a time.
+Other archives are served as files only.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import hashlib
 import logging
 import os
 import shutil
+import threading
+import uuid
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import kernel
-from kernel_zoo.archives import ArchiveInfo, identity
+from kernel_zoo.archives import READ_ERRORS, ArchiveInfo, identity
 from kernel_zoo.tree import EXT, ZooTree
 
 log = logging.getLogger("kernel.zoo")
@@ -32,8 +35,15 @@ class ZooSource(kernel.ModelSource):
     def __init__(self, tree: ZooTree, cache_dir: Path) -> None:
         self.tree = tree
         self.cache_dir = cache_dir
+        # Each rescan (one per upload or delete) scans in a worker thread of its own; one
+        # scan's pruning must not remove what another, running beside it, just extracted.
+        self._scanning = threading.Lock()
 
     def scan(self) -> list[kernel.ModelSpec]:
+        with self._scanning:
+            return self._scan()
+
+    def _scan(self) -> list[kernel.ModelSpec]:
         specs: list[kernel.ModelSpec] = []
         keep: set[str] = set()
         for org, zoo, folder in self.tree.all_zoos():
@@ -44,7 +54,7 @@ class ZooSource(kernel.ModelSource):
                 archive = folder / (model + EXT)
                 try:
                     key, binary = self._extract(archive, info)
-                except (OSError, zipfile.BadZipFile) as exc:
+                except READ_ERRORS as exc:  # an archive copied in by hand may be damaged
                     log.warning("model %s/%s/%s not offered to the registry: %s", org, zoo, model, exc)
                     continue
                 keep.add(key)
@@ -63,10 +73,15 @@ class ZooSource(kernel.ModelSource):
         if target.is_file():
             return key, target
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".partial")
-        with zipfile.ZipFile(archive) as z, z.open(info.binary) as src, open(partial, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1024 * 1024)
-        os.replace(partial, target)
+        # A name of its own: another kernel sharing the state directory may extract it too.
+        partial = target.with_name(f"{target.name}.{uuid.uuid4().hex}.partial")
+        try:
+            with open(partial, "xb") as dst, zipfile.ZipFile(archive) as z, z.open(info.binary) as src:
+                shutil.copyfileobj(src, dst, 1024 * 1024)
+            os.replace(partial, target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         return key, target
 
     def _prune(self, keep: set[str]) -> None:
