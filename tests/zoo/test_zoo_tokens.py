@@ -139,6 +139,10 @@ def test_regular_tokens_read_only_their_zoos(zoo: Zoo) -> None:
     assert missing.status_code == 400 and missing.json() == {"detail": "Token does not exist"}
     no_header = zoo.http.delete(API + "/tokens", headers={"token": zoo.admin})
     assert no_header.status_code == 400 and "token_to_delete" in no_header.json()["detail"]
+    # the spelling the original reads (FastAPI's headers take hyphens) works too
+    hyphens = zoo.new_token()
+    deleted = zoo.http.delete(API + "/tokens", headers={"token": zoo.admin, "token-to-delete": hyphens})
+    assert deleted.status_code == 200 and hyphens not in zoo.tokens_file()
 
 
 def test_concurrent_token_changes_lose_no_update(zoo: Zoo) -> None:

@@ -101,7 +101,9 @@ def _flag(request: Request, name: str) -> bool:
 
 
 def _header(request: Request, name: str) -> str:
-    value = request.headers.get(name)
+    """A header by its documented name (`token_to_delete`) or as the original reads it
+    (FastAPI turns the underscores into hyphens: `token-to-delete`)."""
+    value = request.headers.get(name) or request.headers.get(name.replace("_", "-"))
     if not value:
         raise kernel.BadRequest(f"missing header {name!r}")
     return value
