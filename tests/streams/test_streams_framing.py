@@ -32,6 +32,8 @@ def test_entry_ids_and_single_stream_paths_win_over_header_streams():
     ([2], b"abc", ["s"]),               # trailing bytes would be lost
     ([1, 3], b"abc", None),             # `*` needs stream ids
     ([["s", "bad id", 3]], b"abc", None),
+    ([["s", "18446744073709551616-0", 3]], b"abc", None),  # past 64 bits
+    ([["s", "1-18446744073709551616", 3]], b"abc", None),
     ([["s", True]], b"abc", None),
     ([["a b", 3]], b"abc", None),
     (["3"], b"abc", ["s"]),
@@ -46,10 +48,17 @@ def test_pack_gives_start_offsets():
     assert header == b'[["a","1-0",0],["b","2-0",2]]' and blob == b"xyz"
 
 
-@pytest.mark.parametrize("sid", ["", "*", "a+b", "a b", "x" * 300, "tab\there"])
+@pytest.mark.parametrize("sid", ["", "*", "a+b", "a b", "x" * 300, "tab\there", "XMETA:cam"])
 def test_bad_stream_ids(sid):
     with pytest.raises(kernel.BadRequest):
         framing.check_stream_id(sid)
+
+
+def test_entry_ids_are_two_unsigned_64_bit_numbers():
+    assert framing.is_entry_id("18446744073709551615-18446744073709551615") and framing.is_entry_id("0")
+    assert not framing.is_entry_id("18446744073709551616")
+    assert not framing.is_entry_id("1-18446744073709551616")
+    assert framing.add_id("18446744073709551615-*") == "18446744073709551615-*"
 
 
 def test_password_hashes_and_the_dev_rule(tmp_path):

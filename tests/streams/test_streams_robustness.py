@@ -132,6 +132,83 @@ def test_malformed_push_messages_close_the_socket_after_storing_what_came_before
     assert redis_server.client().exists("c") == 0
 
 
+def test_metadata_keys_are_no_stream_ids(streams, redis_server: Redis):
+    headers = login(streams)
+    client = redis_server.client()
+    for r in (httpx.post(streams.url + "/data/XMETA:cam2", headers=headers, files={"entries": ("f", b"x")}),
+              httpx.get(streams.url + "/data/XMETA:cam2", headers=headers),
+              httpx.put(streams.url + "/streams/XMETA:cam2", headers=headers, json={"fps": 30})):
+        assert r.status_code == 400 and "reserved" in r.json()["detail"]
+    code, reason, _ = asyncio.run(_closed_with(ws_url(streams, "/data/XMETA:cam2/push"), headers, [], False))
+    assert code == 1008 and "reserved" in reason
+    code, reason, _ = asyncio.run(_closed_with(ws_url(streams, "/data/*/push?batch=true"), headers,
+                                               [json.dumps([["XMETA:cam2", 1]]), b"x"], False))
+    assert code == 1007 and "reserved" in reason
+    assert client.exists("XMETA:cam2") == 0
+    # a stream of that name written to Redis directly is refused, not replaced, by cam3's metadata
+    client.xadd("XMETA:cam3", {"d": b"frame"})
+    for override in ("true", "false"):
+        r = httpx.put(streams.url + "/streams/cam3", params={"override": override}, headers=headers,
+                      json={"fps": 30})
+        assert r.status_code == 400 and "WRONGTYPE" in r.json()["detail"]
+    assert client.xlen("XMETA:cam3") == 1
+    assert httpx.get(streams.url + "/streams/cam3", headers=headers).json()["meta"] is None
+
+
+def test_ids_and_timeouts_redis_cannot_use_are_refused(streams):
+    headers = login(streams)
+    posted = httpx.post(streams.url + "/data/wide", headers=headers, files={"entries": ("f", b"x")})
+    assert posted.status_code == 201
+    for value in ("99999999999999999999", "18446744073709551616", "1-18446744073709551616"):
+        r = httpx.get(streams.url + "/data/wide", params={"last_entry_id": value}, headers=headers)
+        assert r.status_code == 400 and "last_entry_id" in r.json()["detail"]
+    top = "18446744073709551615-18446744073709551615"  # the largest id there is
+    r = httpx.get(streams.url + "/data/wide", params={"last_entry_id": top}, headers=headers)
+    assert r.status_code == 200 and r.content == b""
+    for query, needle in (("last_entry_id=99999999999999999999", "last_entry_id"),
+                          ("last_entry_id=99999999999999999999&latest=true", "last_entry_id"),
+                          (f"last_entry_id={top}&latest=true", "invalid start ID"),  # nothing comes after it
+                          ("last_entry_id=0&timeout=9223372036854775807", "timeout")):
+        url = ws_url(streams, "/data/wide/pull?" + query)
+        code, reason, _ = asyncio.run(_closed_with(url, headers, [], False))
+        assert (code, needle in reason) == (1008, True), (query, reason)
+    url = ws_url(streams, "/data/wide/push?batch=true")
+    frames = [json.dumps([["wide", "99999999999999999999-0", 1]]), b"x"]
+    code, reason, _ = asyncio.run(_closed_with(url, headers, frames, False))
+    assert code == 1007 and "invalid entry id" in reason
+    assert "Traceback" not in streams.output()
+
+
+def test_keys_of_another_type_are_the_clients_error(streams, redis_server: Redis):
+    headers = login(streams)
+    redis_server.client().set("plain", "not a stream")
+    for params in ({}, {"last_entry_id": "0"}):
+        r = httpx.get(streams.url + "/data/plain", params=params, headers=headers)
+        assert r.status_code == 400 and "WRONGTYPE" in r.json()["detail"]
+    for path in ("pull", "pull?last_entry_id=0", "pull?last_entry_id=*", "push"):
+        frames: list[str | bytes] = [b"x"] if path == "push" else []
+        url = ws_url(streams, "/data/plain/" + path)
+        code, reason, _ = asyncio.run(_closed_with(url, headers, frames, False))
+        assert code == 1008 and "WRONGTYPE" in reason, path
+    assert "Traceback" not in streams.output()
+
+
+def test_a_redis_out_of_memory_is_try_later_and_loses_nothing(streams, redis_server: Redis):
+    headers = login(streams)
+    redis = redis_server.client()
+    redis.config_set("maxmemory-policy", "noeviction")
+    redis.config_set("maxmemory", "1")  # every write is refused: OOM
+    try:
+        r = httpx.post(streams.url + "/data/full", headers=headers, files=[("entries", ("e", b"x"))])
+        assert r.status_code == 503 and "maxmemory" in r.json()["detail"]
+        code, reason, _ = asyncio.run(_closed_with(ws_url(streams, "/data/full/push"), headers, [b"x"], True))
+        assert code == 1013 and "cannot take" in reason
+    finally:
+        redis.config_set("maxmemory", "0")
+    r = httpx.post(streams.url + "/data/full", headers=headers, files=[("entries", ("e", b"x"))])
+    assert r.status_code == 201 and redis.xlen("full") == 1
+
+
 def test_start_offsets_from_the_readme_are_understood(streams, redis_server: Redis):
     headers = login(streams)
 

@@ -18,10 +18,14 @@ import msgspec
 import kernel
 
 #: Redis stream entry ids: `<ms>-<seq>`, or `<ms>` alone.
-ENTRY_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
+_ENTRY_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
 #: Ids a client may give XADD: explicit ones, `<ms>-*`, and `*` (Redis picks).
 _ADD_ID = re.compile(r"^(\*|\d{1,20}(-(\d{1,20}|\*))?)$")
+#: Both parts of an entry id are unsigned 64-bit numbers in Redis.
+_MAX_PART = 2**64 - 1
 _MAX_SID = 256
+#: The prefix of the keys that hold streams' metadata (`XMETA:<stream>`, as PTG keeps them).
+META_PREFIX = "XMETA:"
 
 
 class BadFrame(kernel.BadRequest):
@@ -34,7 +38,19 @@ def check_stream_id(sid: str) -> str:
         c.isspace() for c in sid
     ):
         raise kernel.BadRequest(f"invalid stream id {sid[:_MAX_SID]!r}")
+    if sid.startswith(META_PREFIX):
+        # the key of another stream's metadata: writing that metadata would replace the stream
+        raise kernel.BadRequest(f"invalid stream id {sid!r}: ids starting with {META_PREFIX} are reserved")
     return sid
+
+
+def _fits(entry_id: str) -> bool:
+    return all(part == "*" or int(part) <= _MAX_PART for part in entry_id.split("-"))
+
+
+def is_entry_id(value: str) -> bool:
+    """An explicit entry id, `<ms>-<seq>` or `<ms>`, each part an unsigned 64-bit number."""
+    return bool(_ENTRY_ID.match(value)) and _fits(value)
 
 
 def split_stream_ids(path_sid: str) -> list[str]:
@@ -49,7 +65,7 @@ def add_id(value: Any) -> str:
     """The XADD id of a header item: `*` when none is given."""
     if value is None or value == "":
         return "*"
-    if not isinstance(value, str) or not _ADD_ID.match(value):
+    if not isinstance(value, str) or not _ADD_ID.match(value) or not _fits(value):
         raise BadFrame(f"invalid entry id {str(value)[:40]!r}: expected <ms>-<seq> or *")
     return value
 

@@ -64,7 +64,7 @@ def cursors(sids: list[str], last_entry_id: str) -> dict[str, str]:
         value = ids[n % len(ids)]
         if value == "-":
             value = "0"
-        if value not in ("*", "$") and not framing.ENTRY_ID.match(value):
+        if value not in ("*", "$") and not framing.is_entry_id(value):
             raise kernel.BadRequest(f"invalid last_entry_id {value[:40]!r}: expected *, $, 0 or <ms>-<seq>")
         out[sid] = value
     return out

@@ -4,7 +4,7 @@ Both hold a bounded amount of data per socket. A push reads at most `push_queue`
 ahead of Redis, then stops reading (TCP slows the sender); a pull reads Redis at most one
 read ahead of the read whose batches the socket is sending, and that send waits while the
 client is slow. Errors close the socket with a code and a reason: 1003 wrong frame type, 1007 a
-malformed batch, 1008 a bad query or an entry Redis refused, 1013 the data store is down.
+malformed batch, 1008 a bad query or a command Redis refused, 1013 the data store is down.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ _GROUP = 64
 #: A pull of small entries reads up to this many entries, about this many bytes, from Redis at once.
 READ_AHEAD_ENTRIES = 256
 READ_AHEAD_BYTES = 1 << 20
+#: Longest `timeout` of a pull (ms): a day; Redis refuses a block time past its clock's range.
+MAX_TIMEOUT_MS = 86_400_000
 
 
 class _Closed(Exception):
@@ -168,7 +170,7 @@ async def pull(socket: WebSocket, sid: FromPath[str]) -> None:
         latest = params.flag(query, "latest", None)
         if latest is None:  # live view for `$`: each batch is the newest; otherwise every entry in order
             latest = all(v == "$" for v in first.values())
-        timeout = params.integer(query, "timeout", None)
+        timeout = params.integer(query, "timeout", None, high=MAX_TIMEOUT_MS)
         ack = bool(params.flag(query, "ack"))
     except kernel.BadRequest as exc:
         await _close(socket, POLICY, exc.detail)

@@ -4,7 +4,8 @@ Entries are `XADD <stream> MAXLEN ~ <n> <id> d <bytes>`; a stream's metadata is 
 `XMETA:<stream>`, as PTG keeps them, so tools that read PTG's Redis directly still work.
 A lost connection is retried for `retry_s` seconds (a Redis restart), then the caller gets
 `StoreUnavailable`. Retried writes are at-least-once: a write whose reply was lost may land
-twice, never zero times once acknowledged.
+twice, never zero times once acknowledged. A command Redis refuses (a key of another type,
+an id it cannot use) is the client's `BadRequest`, with Redis's message.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import kernel
+from kernel_streams.framing import META_PREFIX
 
 log = logging.getLogger("kernel.streams")
 T = TypeVar("T")
-META = "XMETA"
 #: How long a stream's `max_len` meta is trusted before it is read again.
 _META_FRESH_S = 5.0
 
@@ -34,6 +35,36 @@ class StoreUnavailable(kernel.Unavailable):
 
 def _text(value: Any) -> Any:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+#: Error codes of a Redis that cannot take a command now (out of memory, a read-only
+#: replica, a failing disk, a busy script), whatever the command: not the client's fault.
+_SERVER_STATES = frozenset({"OOM", "READONLY", "MISCONF", "MASTERDOWN", "NOREPLICAS", "BUSY", "TRYAGAIN",
+                            "CLUSTERDOWN", "LOADING"})
+
+
+def _refusal(what: str, exc: Exception) -> kernel.KernelError:
+    """A command Redis refused: the client's `BadRequest` (a key of another type, an id it
+    cannot use), or `StoreUnavailable` when Redis itself is in no state to serve."""
+    from redis.exceptions import OutOfMemoryError, ReadOnlyError
+
+    if isinstance(exc, (OutOfMemoryError, ReadOnlyError)) or str(exc).split(" ", 1)[0] in _SERVER_STATES:
+        log.error("the data store refused %s: %s", what, exc)
+        return StoreUnavailable(f"the data store cannot take {what} now: {exc}")
+    return kernel.BadRequest(f"the data store refused {what}: {exc}")
+
+
+def _meta_key(sid: str) -> str:
+    return META_PREFIX + sid
+
+
+def _raise_refusal(results: list[Any]) -> list[Any]:
+    """A pipeline's results, or its first refusal raised as redis-py's pipeline would,
+    without the command text redis-py prefixes to the message."""
+    failed = next((r for r in results if isinstance(r, Exception)), None)
+    if failed is not None:
+        raise failed
+    return results
 
 
 def _iso(entry_id: str) -> str:
@@ -65,12 +96,15 @@ class StreamStore:
         await self.redis.aclose()
 
     async def _run(self, op: Callable[[], Awaitable[T]]) -> T:
-        """`op()`, retried while Redis is unreachable, for at most `retry_s` seconds."""
+        """`op()`, retried while Redis is unreachable, for at most `retry_s` seconds; a command
+        Redis refuses is the client's error."""
         deadline = time.monotonic() + self.retry_s
         pause = 0.05
         while True:
             try:
                 return await op()
+            except self._refused as exc:
+                raise _refusal("the request", exc) from None
             except self._lost as exc:
                 if time.monotonic() + pause > deadline:
                     log.error("data store unreachable: %s", type(exc).__name__)
@@ -88,7 +122,7 @@ class StreamStore:
         cached = self._max_lens.get(sid)
         if cached and cached[0] > now:
             return cached[1]
-        meta = _meta_dict(await self.redis.get(f"{META}:{sid}"))
+        meta = _meta_dict(await self.redis.get(_meta_key(sid)))
         value = meta.get("max_len") if meta else None
         n = value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else self.max_len
         self._max_lens[sid] = (now + _META_FRESH_S, n)
@@ -129,7 +163,7 @@ class StreamStore:
         results = await self._run(op)
         failed = next((r for r in results if isinstance(r, Exception)), None)
         if failed is not None:
-            raise kernel.BadRequest(f"the data store refused an entry: {failed}")
+            raise _refusal("an entry", failed)
         return [_text(r) for r in results]
 
     async def latest(self, sids: Sequence[str], count: int, after: dict[str, str] | None = None) -> list[Entry]:
@@ -140,7 +174,7 @@ class StreamStore:
                 for sid in sids:
                     low = f"({after[sid]}" if after and after.get(sid) else "-"
                     pipe.xrevrange(sid, "+", low, count=count)
-                return await pipe.execute()
+                return _raise_refusal(await pipe.execute(raise_on_error=False))
 
         results = await self._run(op)
         return [(sid, _text(i), f.get(b"d", b"")) for sid, rows in zip(sids, results)
@@ -158,7 +192,7 @@ class StreamStore:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for sid in sids:
                     pipe.xrevrange(sid, "+", "-", count=1)
-                return await pipe.execute()
+                return _raise_refusal(await pipe.execute(raise_on_error=False))
 
         results = await self._run(op)
         return {sid: _text(rows[0][0]) if rows else "0-0" for sid, rows in zip(sids, results)}
@@ -180,7 +214,7 @@ class StreamStore:
         async def op() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for sid in sids:
-                    pipe.get(f"{META}:{sid}")
+                    pipe.get(_meta_key(sid))
                     pipe.xinfo_stream(sid)
                 return await pipe.execute(raise_on_error=False)
 
@@ -198,16 +232,19 @@ class StreamStore:
                     if entry.get(key):
                         entry[key] = entry[key][0]
                         entry[f"{key}-time"] = _iso(entry[key])
+            if isinstance(meta, Exception):  # its metadata key holds another type
+                entry.setdefault("error", str(meta))
+                meta = None
             entry["meta"] = _text(meta)
             out.append(entry)
         return out
 
     async def get_meta(self, sid: str) -> str | None:
-        return _text(await self._run(lambda: self.redis.get(f"{META}:{sid}")))
+        return _text(await self._run(lambda: self.redis.get(_meta_key(sid))))
 
     async def set_meta(self, sid: str, meta: dict[str, Any], *, update: bool) -> str | None:
         """Store `meta` (merged into the old meta when `update`); the stored JSON text."""
-        key = f"{META}:{sid}"
+        key = _meta_key(sid)
 
         async def op() -> Any:
             if update:
@@ -215,7 +252,8 @@ class StreamStore:
                 merged = {**(previous or {}), **meta}
             else:
                 merged = meta
-            await self.redis.set(key, json.dumps(merged))
+            # GET makes Redis refuse (WRONGTYPE) to replace a key that is not metadata
+            await self.redis.set(key, json.dumps(merged), get=True)
             return await self.redis.get(key)
 
         stored = await self._run(op)
@@ -228,7 +266,7 @@ class StreamStore:
         async def op() -> list[Any]:
             async with self.redis.pipeline(transaction=True) as pipe:
                 for sid in sids:
-                    pipe.delete(f"{META}:{sid}")
+                    pipe.delete(_meta_key(sid))
                     pipe.xtrim(sid, maxlen=0, approximate=False)
                     pipe.delete(sid)
                 return await pipe.execute(raise_on_error=False)
