@@ -53,6 +53,13 @@ def test_auto_convert_clamps_and_defaults_fill_in(client: TestClient) -> None:
     assert client.post("/worker_job_result", json={**WORKER, "job_id": data["job_id"], "text": "X"}).json() == {"cmd": "ok"}
 
 
+@pytest.mark.parametrize("text", ["nan", "NaN", "inf", "-Infinity", "1e999"])
+def test_auto_convert_refuses_numbers_that_are_not_finite(client: TestClient, text: str) -> None:
+    # a NaN passes minimum and maximum (every comparison is false) and is no JSON for the worker
+    r = client.post("/echo", json={"key": "alice-key", "text": "x", "scale": text, "wait_for_result": False})
+    assert r.status_code == 400 and r.json()["error"] == [f"Could not convert scale={text!r} to float!"]
+
+
 def test_client_keys(client: TestClient) -> None:
     bad = client.get("/echo/login", params={"key": "nope"})
     assert bad.status_code == 200 and bad.json()["success"] is False
@@ -66,6 +73,13 @@ def test_client_keys(client: TestClient) -> None:
     assert client.get("/echo/progress", params={"client_session_auth_key": session, "job_id": r.json()["job_id"]}
                       ).json()["job_state"] == "queued"
     drain(client)
+
+
+def test_a_login_with_a_malformed_body_is_refused_in_a_200(client: TestClient) -> None:
+    for body, error in ((b"{", "not valid JSON"), (b"[1]", "must be a JSON object")):
+        r = client.post("/echo/login", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 200 and r.json()["success"] is False and r.json()["ep_version"] == 3
+        assert error in r.json()["error"]
 
 
 def test_polling_other_or_unknown_jobs_is_402(client: TestClient) -> None:

@@ -1,5 +1,5 @@
-"""Per-client request limits, lapsing queued jobs and disabled endpoints, with the queues
-in memory and in Redis (an embedded Valkey)."""
+"""Per-client request limits, lapsing queued jobs, requeued jobs and disabled endpoints, with
+the queues in memory and in Redis (an embedded Valkey)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from tests.jobs.aime_helpers import ENDPOINTS
 
 LIMITED = {"job_type": "limited", "auth_key": "worker-key-limited", "auth": "w", "request_timeout": 1}
 LAPSING = {"job_type": "lapsing", "auth_key": "worker-key-lapsing", "auth": "w", "request_timeout": 1}
+REQUEUED = {"job_type": "requeued", "auth_key": "worker-key-requeued", "request_timeout": 1}
 
 
 @pytest.fixture(scope="module", params=["memory", "redis"])
 def client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    jobs = {"endpoints": [str(ENDPOINTS / "limited"), str(ENDPOINTS / "lapsing")],
+    jobs = {"endpoints": [str(ENDPOINTS / name) for name in ("limited", "lapsing", "requeued")],
             "job_request_timeout": 0.5, "sweep_interval": 0.1}
     valkey = None
     if request.param == "redis":
@@ -85,6 +86,34 @@ def test_queued_job_lapses_after_max_time_in_queue(client: TestClient) -> None:
     waited = client.post("/lapsing", json={"key": "alice-key"})
     assert waited.status_code == 400 and "lapsed" in waited.json()["error"]
     assert 0.4 < time.monotonic() - started < 5
+
+
+def test_a_job_whose_worker_dies_runs_again_however_long_it_was_processed(client: TestClient) -> None:
+    job_id = submit(client, "requeued").json()["job_id"]
+    dying = {**REQUEUED, "auth": "dying"}
+    assert client.post("/worker_job_request", json=dying).json()["job_data"][0]["job_id"] == job_id
+    # The worker reports progress for longer than max_time_in_queue (1.5 s), then goes silent.
+    for _ in range(10):
+        time.sleep(0.2)
+        answer = client.post("/worker_job_progress", json={**dying, "job_id": job_id, "progress": 50}).json()
+        assert answer[0]["success"] is True
+    poll = {"key": "alice-key", "job_id": job_id}
+    deadline = time.monotonic() + 10
+    while (r := client.get("/requeued/progress", params=poll)).status_code == 200:
+        if r.json()["job_state"] == "queued":
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # Requeued, and it stays queued for a few sweeps: its time in the queue counts from the requeue.
+    assert r.status_code == 200 and r.json()["job_state"] == "queued", r.json()
+    time.sleep(0.5)
+    r = client.get("/requeued/progress", params=poll)
+    assert r.status_code == 200 and r.json()["job_state"] == "queued", r.json()
+    other = {**REQUEUED, "auth": "other"}
+    assert client.post("/worker_job_request", json=other).json()["job_data"][0]["job_id"] == job_id
+    assert client.post("/worker_job_result", json={**other, "job_id": job_id, "n": 7}).json() == {"cmd": "ok"}
+    done = client.get("/requeued/progress", params=poll).json()
+    assert done["job_state"] == "done" and done["job_result"]["n"] == 7
 
 
 def test_disabled_endpoint_refuses_new_jobs_and_keeps_queued_ones(client: TestClient) -> None:

@@ -80,6 +80,7 @@ redis.call('SET', KEYS[1], raw)
 return raw
 """
 
+# ARGV: id, now.
 REQUEUE = """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
@@ -88,6 +89,7 @@ if job.state ~= 'processing' then return 0 end
 job.state = 'queued'
 job.worker = nil
 job.start_time_compute = nil
+job.queued_since = tonumber(ARGV[2])
 redis.call('SET', KEYS[1], cjson.encode(job))
 redis.call('LREM', KEYS[2], 0, ARGV[1])
 redis.call('LPUSH', KEYS[3], ARGV[1])
@@ -162,6 +164,7 @@ for _, id in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
       job.worker = nil
       job.start_time_compute = nil
       job.stuck_since = nil
+      job.queued_since = now
       redis.call('SET', key, cjson.encode(job))
       redis.call('LREM', KEYS[2], 0, id)
       redis.call('LPUSH', KEYS[1], id)
@@ -175,7 +178,8 @@ for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
     redis.call('LREM', KEYS[1], 0, id)
   else
     local job = cjson.decode(raw)
-    if job.state == 'queued' and now - job.start_time > job.max_time_in_queue then
+    -- jobs queued before `queued_since` was kept count from their submission
+    if job.state == 'queued' and now - (job.queued_since or job.start_time) > job.max_time_in_queue then
       job.state = 'lapsed'
       redis.call('SET', key, cjson.encode(job), 'EX', math.ceil(job.result_lifetime))
       redis.call('LREM', KEYS[1], 0, id)
@@ -273,7 +277,8 @@ class RedisStore(Store):
     async def requeue(self, job_id: str) -> None:
         job_type = await self._type_of(job_id)
         if job_type is not None:
-            await self._requeue(keys=[self._job(job_id), self._run(job_type), self._q(job_type)], args=[job_id])
+            await self._requeue(keys=[self._job(job_id), self._run(job_type), self._q(job_type)],
+                                args=[job_id, time.time()])
 
     async def progress(self, job_id: str, progress: Any, data: Any) -> bool:
         payload = json.dumps({"progress": progress, "progress_data": data})

@@ -95,9 +95,9 @@ def endpoint_routes(endpoint: Endpoint) -> list[Any]:
 
     @route(f"/{endpoint.name}/login", http_method=methods, status_code=200)
     async def login(request: Request) -> Response:
-        args = await _args(request) if request.method == "POST" else dict(request.query_params)
-        key, user = args.get("key"), args.get("user")
         try:
+            args = await _args(request)
+            key, user = args.get("key"), args.get("user")
             if key is not None and not isinstance(key, str):
                 raise ClientError(401, "key must be a string")
             return Response(_service(request).login(endpoint, key, user if isinstance(user, str) else None))

@@ -115,7 +115,7 @@ class JobService:
         job: Job = {
             "id": job_id, "endpoint": endpoint.name, "job_type": endpoint.job_type, "owner": owner,
             "data": data, "wait_for_result": bool(wait), "start_time": now, "last_update": now,
-            "inactivity_timeout": endpoint.job_inactivity_timeout,
+            "queued_since": now, "inactivity_timeout": endpoint.job_inactivity_timeout,
             "max_time_in_queue": endpoint.max_time_in_queue, "result_lifetime": endpoint.result_lifetime,
             "progress": {"progress": 0, "progress_data": {}},
         }

@@ -3,8 +3,9 @@
 A job is a JSON-able dict: `id`, `endpoint`, `job_type`, `owner`, `data` (what the worker
 gets), `state`, `worker`, times, `progress`, and its timeouts. States follow AIME:
 queued -> processing -> done, or lapsed when it waits in the queue too long. A
-processing job that goes silent is put back at the head of its queue. A finished job's
-result is handed out once (`claim`), then the job is forgotten.
+processing job that goes silent is put back at the head of its queue; its time in the
+queue counts from then (`queued_since`), as time spent with a worker that died is no
+waiting. A finished job's result is handed out once (`claim`), then the job is forgotten.
 """
 
 from __future__ import annotations
@@ -186,7 +187,7 @@ class MemoryStore(Store):
     async def requeue(self, job_id: str) -> None:
         job = self.jobs.get(job_id)
         if job is not None and job["state"] == PROCESSING:
-            job.update(state=QUEUED, worker=None, start_time_compute=None)
+            job.update(state=QUEUED, worker=None, start_time_compute=None, queued_since=time.time())
             self._hand_over(job["job_type"], job_id, front=True)
 
     async def progress(self, job_id: str, progress: Any, data: Any) -> bool:
@@ -247,7 +248,7 @@ class MemoryStore(Store):
             state = job["state"]
             if state == PROCESSING and now - job["last_update"] > job["inactivity_timeout"]:
                 await self.requeue(job_id)
-            elif state == QUEUED and now - job["start_time"] > job["max_time_in_queue"]:
+            elif state == QUEUED and now - job["queued_since"] > job["max_time_in_queue"]:
                 queue = self._queue(job["job_type"])
                 if job_id in queue:
                     queue.remove(job_id)

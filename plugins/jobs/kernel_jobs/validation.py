@@ -94,7 +94,11 @@ class Validator:
             try:
                 if expected is bool and isinstance(value, str):
                     return value.strip().lower() in ("1", "true", "yes", "on")
-                return expected(value)
+                converted = expected(value)
+                if expected is float and not math.isfinite(converted):
+                    # "nan" passes every limit and reaches the worker as null; "inf" is no JSON
+                    raise ValueError(value)
+                return converted
             except (TypeError, ValueError):
                 self.errors.append(f"Could not convert {name}={short(value)} to {kind}!")
                 return None
