@@ -30,7 +30,7 @@ from kernel.errors import (
 from kernel.errors_http import detail_shape, error_handlers
 from kernel.hookimpl import hookimpl
 from kernel.options import OptionGroup
-from kernel.registry import Model, ModelRegistry, ModelSource, ModelSpec
+from kernel.registry import Model, ModelRegistry, ModelSource, ModelSpec, file_revision
 from kernel.storage import FileStorage, InvalidKey, Storage, check_key, fsync_dir
 
 __all__ = [
@@ -39,6 +39,6 @@ __all__ = [
     "ModelRegistry", "ModelSource", "ModelSpec", "NotFound", "OptionGroup", "PayloadTooLarge",
     "Principal", "Session", "StartupError", "Storage", "TensorInfo", "TokenIssuer",
     "Unauthorized", "Unavailable", "__version__", "bearer_token", "check_key", "create_kernel",
-    "datatype_name", "detail_shape", "error_handlers", "fsync_dir", "hookimpl", "requires",
+    "datatype_name", "detail_shape", "error_handlers", "file_revision", "fsync_dir", "hookimpl", "requires",
     "validate_inputs",
 ]

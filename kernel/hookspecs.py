@@ -79,8 +79,9 @@ def kernel_model_sources(kernel: Kernel) -> list[ModelSource] | None:
 
     Each source's `scan()` yields `ModelSpec`s qualified with the source's name; the
     registry scans at startup and on every rescan, and reloads a model whose spec changed.
-    Set `revision` to something that changes with the files (the model directories use
-    sizes and modification times), so a file replaced in place counts as a change. Since 0.1.
+    Set `revision` to something that changes with the files (`kernel.file_revision(path,
+    ...)`: their sizes and modification times), so a file replaced in place counts as a
+    change. Since 0.1.
     """
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import os
 import re
 import time
 from collections import OrderedDict
@@ -67,6 +68,13 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
     #: What identifies this version of the files (sizes and modification times): a
     #: rescan that finds a spec differing in anything, this included, reloads the model.
     revision: str = ""
+
+
+def file_revision(*paths: str | os.PathLike[str]) -> str:
+    """A `ModelSpec.revision` from its files' sizes and modification times, so a file
+    replaced in place is seen by the next rescan."""
+    stats = [os.stat(path) for path in paths]
+    return " ".join(f"{st.st_size}:{st.st_mtime_ns}" for st in stats)
 
 
 class ModelSource(abc.ABC):

@@ -21,7 +21,7 @@ from typing import Any
 
 from kernel.backends import PROCESSORS
 from kernel.hookimpl import hookimpl
-from kernel.registry import ModelSource, ModelSpec
+from kernel.registry import ModelSource, ModelSpec, file_revision
 
 log = logging.getLogger("kernel.modeldir")
 
@@ -126,14 +126,8 @@ class ModelDirSource(ModelSource):
             backend=settings.pop("backend", None),
             processor=processor,
             params=settings,
-            revision=_revision([model, *map(Path, files.values())]),
+            revision=file_revision(model, *files.values()),
         )
-
-
-def _revision(paths: list[Path]) -> str:
-    """Sizes and modification times of a model's files: a file replaced in place changes it."""
-    stats = [path.stat() for path in paths]
-    return " ".join(f"{st.st_size}:{st.st_mtime_ns}" for st in stats)
 
 
 def _labels_beside(model: Path) -> Path | None:
