@@ -52,7 +52,8 @@ class FrameServer:
     """ZoneMinder's `index.php?view=image&eid=E&fid=F` on loopback, serving `frames[F]`
     when the query carries `token=<token>`; `fid=slow` answers after `slow` seconds,
     `fid=dribble` sends its headers at once and then a byte a second, `fid=loop`
-    redirects forever, `fid=hop-<F>` redirects once to `<F>`, `fid=chunked-<F>` sends
+    redirects forever, `fid=hop-<F>` redirects once to `<F>`, `fid=away&to=<URL>`
+    redirects to `<URL>` (wherever that is), `fid=chunked-<F>` sends
     `<F>` without a Content-Length. With `tls` (an SSLContext) it speaks https. Records
     the queries it saw."""
 
@@ -85,6 +86,10 @@ class FrameServer:
                 elif fid == "loop":
                     self.send_response(302)
                     self.send_header("Location", self.path)
+                    self.end_headers()
+                elif fid == "away":
+                    self.send_response(302)
+                    self.send_header("Location", query["to"][0])
                     self.end_headers()
                 elif fid.startswith("hop-"):
                     self.send_response(302)

@@ -1,6 +1,7 @@
-"""pyzm's ServerConfig YAML (`--detect-config`) taking effect, and the limits on fetching
+"""pyzm's ServerConfig YAML (`--detect-config`) taking effect, the limits on fetching
 frames by URL: the allow-list, the size cap, `verify_ssl` against a self-signed https
-portal, bounded redirects and a body that never completes."""
+portal, bounded redirects and a body that never completes; and the default limit on the
+pixels of an uploaded image."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
 
-from tests.conftest import Server
+from tests.conftest import Server, free_port, run_kernel
 from tests.detect.detect_models import self_signed
 from tests.detect.detect_support import FrameServer, frames, models_folder
 from tests.realmodels import photo
@@ -148,6 +150,7 @@ def portals(images: dict[str, bytes], tls: ssl.SSLContext) -> Iterator[dict[str,
         "http": FrameServer(images, token=ZM_TOKEN, slow=3.0),
         "https": FrameServer(images, token=ZM_TOKEN, tls=tls),
         "elsewhere": FrameServer(images, token=ZM_TOKEN),
+        "prefix": FrameServer(images, token=ZM_TOKEN),
     }
     yield servers
     for server in servers.values():
@@ -158,8 +161,10 @@ def portals(images: dict[str, bytes], tls: ssl.SSLContext) -> Iterator[dict[str,
 def fetch_server(home: Path, base: Path, portals: dict[str, FrameServer]) -> Iterator[Server]:
     server = Server([
         "--plugins", "detect", "--base-path", str(base), "--models", "yolov3-tiny",
-        # One allowed as host:port, the other as a URL prefix; `elsewhere` is not allowed.
-        "--detect-fetch-allow", f"127.0.0.1:{portals['http'].port}", portals["https"].portal + "/",
+        # Allowed as host:port, as a URL prefix with a path, and as one without (which
+        # `http://127.0.0.1:<prefix port>@127.0.0.1:<elsewhere port>/` starts with); `elsewhere` is not allowed.
+        "--detect-fetch-allow", f"127.0.0.1:{portals['http'].port}", portals["https"].portal + "/index.php",
+        portals["prefix"].portal,
         "--detect-fetch-max-bytes", str(FETCH_CAP), "--detect-fetch-max-redirects", "1",
         "--detect-fetch-timeout", "0.5",
     ], home / "fetch")
@@ -185,6 +190,41 @@ def test_allow_list(fetch_server: Server, portals: dict[str, FrameServer]) -> No
     assert answer.status_code == 400
     assert answer.json() == {"detail": "frame '1': the URL's host is not on the fetch allow-list"}
     assert portals["elsewhere"].seen == []  # never contacted
+
+
+def test_allow_list_compares_where_the_url_leads(fetch_server: Server, portals: dict[str, FrameServer]) -> None:
+    prefix, elsewhere = portals["prefix"], portals["elsewhere"]
+    ok = infer_url(fetch_server, prefix.url("zidane"))
+    assert ok["error"] is None and ok["detections"]
+    refused = {"detections": [], "error": "fetch failed: the URL's host is not on the fetch allow-list"}
+    # User info that spells the allowed host and port, in front of another port.
+    disguised = elsewhere.url("zidane").replace("http://", f"http://127.0.0.1:{prefix.port}@")
+    assert infer_url(fetch_server, disguised) == refused
+    body = {"urls": [{"frame_id": "1", "url": disguised}], "zm_auth": f"token={ZM_TOKEN}"}
+    answer = httpx.post(fetch_server.url + "/detect_urls", json=body)
+    assert answer.status_code == 400
+    assert answer.json() == {"detail": "frame '1': the URL's host is not on the fetch allow-list"}
+    # A redirect from an allowed portal is checked the same way.
+    assert infer_url(fetch_server, prefix.url("away") + "&to=" + quote(disguised)) == refused
+    # A URL prefix with a path admits that path, not a longer name.
+    https = portals["https"].url("zidane")
+    assert infer_url(fetch_server, https, verify="0")["error"] is None
+    assert infer_url(fetch_server, https.replace("/index.php", "/index.php.bak"), verify="0") == refused
+    assert elsewhere.seen == []
+
+
+def test_a_redirect_httpx_cannot_parse_is_a_failed_fetch(fetch_server: Server, portals: dict[str, FrameServer]) -> None:
+    broken = infer_url(fetch_server, portals["prefix"].url("away") + "&to=" + quote("http://127.0.0.1:port/x"))
+    assert broken == {"detections": [], "error": "fetch failed: request failed (RemoteProtocolError)"}
+
+
+@pytest.mark.parametrize("entry", ["user@zm.example.com", "zm.example.com/zm", "ftp://zm.example.com",
+                                   "http://zm.example.com/?view=image", "zm.example.com:port"])
+def test_allow_list_entries_are_checked_at_startup(home: Path, base: Path, entry: str) -> None:
+    done = run_kernel(["serve", "--plugins", "detect", "--base-path", str(base), "--port", str(free_port()),
+                       "--detect-fetch-allow", entry], home / "bad-allow")
+    assert done.returncode != 0
+    assert f"--detect-fetch-allow: {entry!r} is not a host, host:port or http(s) URL prefix" in done.stderr
 
 
 def test_response_size_cap(fetch_server: Server, portals: dict[str, FrameServer], images: dict[str, bytes]) -> None:
@@ -230,3 +270,26 @@ def test_no_credentials_in_logs(fetch_server: Server) -> None:
     log = fetch_server.output()
     assert ZM_TOKEN not in log and "Traceback" not in log
     assert "token=***" in log
+
+
+# -- the pixel limit --------------------------------------------------------------------
+
+
+def peak_memory(server: Server) -> int:
+    """The server process's peak resident memory, in bytes."""
+    status = Path(f"/proc/{server.proc.pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
+
+
+def test_the_default_pixel_limit_refuses_a_decompression_bomb(fetch_server: Server) -> None:
+    import cv2
+    import numpy as np
+
+    # 20000 x 20000 black pixels: under 400 kB as a PNG, 1.2 GB as a decoded BGR frame.
+    bomb = cv2.imencode(".png", np.zeros((20_000, 20_000), np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 9])[1].tobytes()
+    assert len(bomb) < 400_000
+    before = peak_memory(fetch_server)
+    answer = httpx.post(fetch_server.url + "/infer", data={"type": "object", "name": "yolov3-tiny"},
+                        files={"image": ("bomb.png", bomb)}, timeout=60)
+    assert answer.status_code == 400 and answer.json() == {"detail": "Could not decode image"}
+    assert peak_memory(fetch_server) - before < 100 * 1024 * 1024

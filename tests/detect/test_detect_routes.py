@@ -26,9 +26,18 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("detect-routes")
 
 
+#: The routes server's --detect-max-pixels; the test frames have fewer.
+MAX_PIXELS = 1_000_000
+
+
 @pytest.fixture(scope="module")
 def images(home: Path) -> dict[str, bytes]:
-    return frames(home)
+    import cv2
+    import numpy as np
+
+    out = frames(home)
+    out["large"] = cv2.imencode(".png", np.zeros((1000, MAX_PIXELS // 1000 + 1, 3), np.uint8))[1].tobytes()
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +63,7 @@ def server(home: Path) -> Iterator[Server]:
         "--plugins", "detect", "--base-path", str(base), "--model-dir", str(home / "dir"),
         "--auth", "--auth-user", "admin", "--auth-password", PASSWORD, f"--token-secret={SECRET}",
         "--detect-fetch-timeout", "0.5", "--detect-max-upload-bytes", str(5 * 1024 * 1024),
-        "--detect-prefix", "/pyzm",
+        "--detect-prefix", "/pyzm", "--detect-max-pixels", str(MAX_PIXELS),
     ], home / "home")
     yield srv.wait_ready()
     srv.stop()
@@ -192,6 +201,18 @@ def test_bad_uploads(client: httpx.Client) -> None:
     assert client.post("/infer", files={"image": ("a.png", b"x")}).status_code == 422  # no type
 
 
+def test_images_above_the_pixel_limit_are_not_decoded(client: httpx.Client, portal: FrameServer,
+                                                      images: dict[str, bytes], server: Server) -> None:
+    refused = detect(client, images["large"])
+    assert refused.status_code == 400 and refused.json() == {"detail": "Could not decode image"}
+    infer = client.post("/infer", data={"type": "object"}, files={"image": ("large.png", images["large"])})
+    assert infer.status_code == 400 and infer.json() == {"detail": "Could not decode image"}
+    fetched = client.post("/infer", data={"type": "object", "url": portal.url("large")})
+    assert fetched.json() == {"detections": [], "error": "fetch failed: the fetched frame is not an image"}
+    assert "refused to decode an image above --detect-max-pixels" in server.output()
+    assert detect(client, images["bus"]).status_code == 200
+
+
 def test_oversized_upload_is_refused(client: httpx.Client, server: Server) -> None:
     size = 200 * 1024 * 1024
 
@@ -216,6 +237,11 @@ def test_oversized_upload_is_refused(client: httpx.Client, server: Server) -> No
     ('{"name": "a"}', "zones must be a JSON list of zones"),
     ('[{"name": "line", "value": [[0, 0], [5, 5]]}]', "zone 'line': points must be a polygon of at least 3 [x, y] points"),
     ('[{"name": "nan", "value": [[0, 0], [5, "x"], [1, 1]]}]', "zone 'nan': points must be a polygon of at least 3 [x, y] points"),
+    ('[{"name": "z", "value": "0,0 9,0 9,9", "pattern": 5}]', "zone 'z': pattern must be a regular expression (text)"),
+    ('[{"name": "z", "value": "0,0 9,0 9,9", "ignore_pattern": ["x"]}]',
+     "zone 'z': ignore_pattern must be a regular expression (text)"),
+    ('[{"name": "z", "value": "0,0 9,0 9,9", "pattern": "("}]',
+     "zone 'z' pattern is not a valid regular expression: missing ), unterminated subpattern at position 0"),
 ])
 def test_bad_zones(client: httpx.Client, images: dict[str, bytes], zones: str, message: str) -> None:
     response = detect(client, images["blank"], zones=zones)
@@ -225,6 +251,9 @@ def test_bad_zones(client: httpx.Client, images: dict[str, bytes], zones: str, m
 def test_unknown_and_broken_models(client: httpx.Client, images: dict[str, bytes], server: Server) -> None:
     unknown = client.post("/infer", data={"type": "object", "name": "nope"}, files={"image": ("a.jpg", images["blank"])})
     assert unknown.status_code == 200 and unknown.json() == {"detections": [], "error": "no model loaded for type=object name='nope'"}
+    # as pyzm: the image is decoded before the model is looked for
+    undecoded = client.post("/infer", data={"type": "object", "name": "nope"}, files={"image": ("a.jpg", b"junk")})
+    assert undecoded.status_code == 400 and undecoded.json() == {"detail": "Could not decode image"}
     assert detect(client, images["blank"], models="nope").status_code == 404
     broken = client.post("/infer", data={"type": "object", "name": "broken"}, files={"image": ("a.jpg", images["blank"])})
     assert broken.json() == {"detections": [], "error": "model 'broken' failed to load"}
@@ -247,3 +276,13 @@ def test_urls_that_hang_loop_or_are_not_http(client: httpx.Client, portal: Frame
     assert client.post("/detect_urls", content=b"{", headers={"Content-Type": "application/json"}).status_code == 400
     assert "zm-secret-2" not in server.output() and "Traceback" not in server.output()
     assert client.get("/health").status_code == 200
+
+
+def test_urls_httpx_cannot_parse_are_failed_fetches(client: httpx.Client, server: Server) -> None:
+    for url in ("http://exa\x00mple/x.png", "http://a\x7fb/x", "http://127.0.0.1:1/\x01"):
+        answer = client.post("/infer", data={"type": "object", "url": url})
+        assert answer.status_code == 200
+        assert answer.json() == {"detections": [], "error": "fetch failed: the URL is not valid"}
+        refused = client.post("/detect_urls", json={"urls": [{"frame_id": "1", "url": url}]})
+        assert refused.status_code == 400 and refused.json() == {"detail": "frame '1': the URL is not valid"}
+    assert "Traceback" not in server.output()

@@ -44,6 +44,8 @@ class DetectConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pattern: str = ".*"
     frame_strategy: FrameStrategy = "most_models"
     max_upload_bytes: Annotated[int, msgspec.Meta(ge=1)] = 50 * 1024 * 1024
+    #: Larger images are refused from their header (a small upload can decode to gigabytes).
+    max_pixels: Annotated[int, msgspec.Meta(ge=1)] = 50_000_000
     fetch_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     fetch_max_bytes: Annotated[int, msgspec.Meta(ge=1)] = 20 * 1024 * 1024
     fetch_max_redirects: Annotated[int, msgspec.Meta(ge=0)] = 3

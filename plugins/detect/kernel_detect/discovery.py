@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from kernel import ModelSource, ModelSpec
+from kernel import ModelSource, ModelSpec, file_revision
 from kernel_detect.config import ModelEntry, Settings, registry_name
 
 log = logging.getLogger("kernel.detect")
@@ -87,6 +87,7 @@ class DetectSource(ModelSource):
             labels=read_labels(labels_path) if labels_path else None,
             processor=processor,
             params={k: v for k, v in params.items() if v is not None},
+            revision=file_revision(weights, *files.values()),
         )
 
 

@@ -4,6 +4,10 @@ The server fetches whatever URL a client names, so: only http and https, an opti
 allow-list, a whole-fetch deadline, a size cap, a bounded number of redirects (each hop
 checked again), and no credentials in messages or logs (`redact`). Errors are `FetchError`s
 whose text is safe to show a client.
+
+The allow-list is matched against the URL as httpx parses it, the host and port it will
+connect to, never against the URL's text: `http://allowed:80@elsewhere/` starts with an
+allowed prefix but goes to `elsewhere`.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+from typing import TYPE_CHECKING, NamedTuple
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from kernel import StartupError
 
 if TYPE_CHECKING:
     import httpx
@@ -20,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("kernel.detect")
 
 _SECRET_KEYS = re.compile(r"(token|auth|pass|pwd|secret|key|user|credential|session)", re.IGNORECASE)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class FetchError(Exception):
@@ -46,6 +53,40 @@ def with_auth(url: str, zm_auth: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}{zm_auth}"
 
 
+class Allowed(NamedTuple):
+    """One allow-list entry: a host, a host:port, or a URL prefix (scheme, host, port and
+    leading path segments). None and "" match anything."""
+
+    host: str
+    port: int | None = None
+    scheme: str | None = None
+    path: str = ""
+
+    @classmethod
+    def parse(cls, entry: str) -> Allowed:
+        """`zm.example.com`, `zm.example.com:8080`, `[::1]:8080` or `https://zm.example.com/zm/`."""
+        is_url = "://" in entry
+        try:
+            parts = urlsplit(entry if is_url else "//" + entry)
+            port = parts.port
+        except ValueError:
+            parts, port = None, None
+        if (parts is None or not parts.hostname or "@" in parts.netloc or parts.query or parts.fragment
+                or (is_url and parts.scheme not in _DEFAULT_PORTS) or (not is_url and parts.path)):
+            raise StartupError(f"--detect-fetch-allow: {entry!r} is not a host, host:port or http(s) URL prefix")
+        if not is_url:
+            return cls(parts.hostname, port)
+        return cls(parts.hostname, port or _DEFAULT_PORTS[parts.scheme], parts.scheme, parts.path.rstrip("/"))
+
+    def admits(self, url: httpx.URL) -> bool:
+        if url.host != self.host or (self.scheme is not None and url.scheme != self.scheme):
+            return False
+        if self.port is not None and (url.port or _DEFAULT_PORTS[url.scheme]) != self.port:
+            return False
+        # Whole segments: `/zm` admits `/zm/index.php`, not `/zmadmin`.
+        return not self.path or url.path == self.path or url.path.startswith(self.path + "/")
+
+
 class _RedactURLs(logging.Filter):
     """httpx logs every request's full URL at INFO; hide the credentials in it."""
 
@@ -63,7 +104,7 @@ class Fetcher:
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.max_redirects = max_redirects
-        self.allow = [a.strip().lower() for a in allow if a.strip()]
+        self.allow = [Allowed.parse(a.strip()) for a in allow if a.strip()]
         self._clients: dict[bool, httpx.AsyncClient] = {}
 
     async def start(self) -> None:
@@ -82,26 +123,19 @@ class Fetcher:
             await client.aclose()
         self._clients.clear()
 
-    def check(self, url: str) -> None:
-        """Refuse a URL that is not http(s) or not on the allow-list."""
-        try:
-            parts = urlsplit(url)
-            host = (parts.hostname or "").lower()
-            port = parts.port
-        except ValueError:
-            raise FetchError("the URL is not valid") from None
-        if parts.scheme not in ("http", "https") or not host:
-            raise FetchError("only http and https URLs are fetched")
-        if self.allow and not any(self._allowed(entry, url, host, port) for entry in self.allow):
-            raise FetchError("the URL's host is not on the fetch allow-list")
+    def check(self, url: str | httpx.URL) -> httpx.URL:
+        """`url` as the client will fetch it; refused when not http(s) or not on the allow-list."""
+        import httpx
 
-    @staticmethod
-    def _allowed(entry: str, url: str, host: str, port: int | None) -> bool:
-        if "://" in entry:
-            return url.lower().startswith(entry)
-        if ":" in entry:
-            return entry == f"{host}:{port}"
-        return entry == host
+        try:
+            parsed = httpx.URL(url)
+        except (httpx.InvalidURL, ValueError):
+            raise FetchError("the URL is not valid") from None
+        if parsed.scheme not in _DEFAULT_PORTS or not parsed.host:
+            raise FetchError("only http and https URLs are fetched")
+        if self.allow and not any(entry.admits(parsed) for entry in self.allow):
+            raise FetchError("the URL's host is not on the fetch allow-list")
+        return parsed
 
     async def fetch(self, url: str, verify: bool = True) -> bytes:
         """The body of `url`, following at most `max_redirects` redirects."""
@@ -112,11 +146,11 @@ class Fetcher:
         client = self._clients[verify]
         try:
             async with asyncio.timeout(self.timeout):
+                target = self.check(url)
                 for _ in range(self.max_redirects + 1):
-                    self.check(url)
-                    async with client.stream("GET", url) as response:
+                    async with client.stream("GET", target) as response:
                         if response.is_redirect and "location" in response.headers:
-                            url = urljoin(url, response.headers["location"])
+                            target = self.check(target.join(response.headers["location"]))
                             continue
                         if response.status_code >= 400:
                             raise FetchError(f"HTTP {response.status_code}")

@@ -84,10 +84,20 @@ def parse_zones(raw: Any) -> list[Zone]:
         name = str(item.get("name") or f"zone{i}")
         points = _points(item.get("points") or item.get("value"), name)
         zones.append(Zone(
-            name, points, compile_pattern(item.get("pattern"), f"zone {name!r} pattern"),
-            compile_pattern(item["ignore_pattern"], f"zone {name!r} ignore_pattern") if item.get("ignore_pattern") else None,
+            name, points, _zone_pattern(item, "pattern", name) or re.compile(".*"),
+            _zone_pattern(item, "ignore_pattern", name),
         ))
     return zones
+
+
+def _zone_pattern(item: dict, key: str, name: str) -> re.Pattern[str] | None:
+    """A zone's `pattern` or `ignore_pattern`, None when absent or empty."""
+    value = item.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"zone {name!r}: {key} must be a regular expression (text)")
+    return compile_pattern(value, f"zone {name!r} {key}")
 
 
 def _points(raw: Any, name: str) -> list[Point]:

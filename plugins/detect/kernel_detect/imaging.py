@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+
 import numpy as np
 
 from kernel import BadRequest
 from kernel_detect.decoders import Geometry
+
+log = logging.getLogger("kernel.detect")
+
+#: OpenCV refuses images above this many pixels from their header, before allocating the
+#: frame; it reads the variable once, when cv2 is first imported.
+MAX_PIXELS_VARIABLE = "OPENCV_IO_MAX_IMAGE_PIXELS"
+
+
+def limit_pixels(max_pixels: int) -> None:
+    """Have OpenCV refuse to decode images above `max_pixels` (for this process)."""
+    value = str(max_pixels)
+    if "cv2" in sys.modules and os.environ.get(MAX_PIXELS_VARIABLE) != value:
+        log.warning("OpenCV was loaded before detect: --detect-max-pixels %s does not apply, OpenCV's own "
+                    "limit does", max_pixels)
+        return
+    os.environ[MAX_PIXELS_VARIABLE] = value
 
 
 def decode_image(data: bytes) -> np.ndarray:
@@ -15,7 +35,12 @@ def decode_image(data: bytes) -> np.ndarray:
     if not data:
         raise BadRequest("Empty file")
     buffer = np.frombuffer(data, dtype=np.uint8)
-    frame = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    try:
+        frame = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    except cv2.error:
+        # The header names more pixels than the limit allows (see `limit_pixels`).
+        log.warning("refused to decode an image above --detect-max-pixels")
+        frame = None
     if frame is None:
         raise BadRequest("Could not decode image")
     return frame

@@ -24,7 +24,7 @@ from kernel_detect.decoders import NoDecoder
 from kernel_detect.discovery import SOURCE
 from kernel_detect.fetch import Fetcher, FetchError
 from kernel_detect.filters import Found
-from kernel_detect.imaging import decode_image, prepare
+from kernel_detect.imaging import decode_image, limit_pixels, prepare
 
 log = logging.getLogger("kernel.detect")
 
@@ -67,6 +67,8 @@ class DetectService:
         self.kernel = kernel
         self.settings = settings
         config = settings.config
+        # Before anything imports cv2, which reads the limit then.
+        limit_pixels(config.max_pixels)
         self.fetcher = Fetcher(config.fetch_timeout, config.fetch_max_bytes, config.fetch_max_redirects, config.fetch_allow)
         self._profiles: dict[tuple[str, str], Profile] = {}
         self._frames: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
