@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import httpx
@@ -14,7 +15,7 @@ from kernel_oip.proto import grpc_service_pb2 as pb
 from kernel_oip.proto import grpc_service_pb2_grpc as pb_grpc
 
 from tests.conftest import Server
-from tests.oip.oip_models import repository
+from tests.oip.oip_models import kinds_inputs, repository
 from tests.oip.oip_support import start_server
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
@@ -62,7 +63,7 @@ CASES = {
     "ragged": (json.dumps({"inputs": [x_input(data=[[1, 2, 3, 4], [5]])]}).encode(), {},
                "input 'x': data is not a regular array of FP32 values"),
     "text for numbers": (json.dumps({"inputs": [x_input(data=["a"] * 8)]}).encode(), {},
-                         "input 'x': data is not a regular array of FP32 values"),
+                         "input 'x': FP32 data must be JSON numbers; Expected `float`, got `str` - at `data[0]`"),
     "no data": (json.dumps({"inputs": [x_input()]}).encode(), {}, "input 'x' has no data"),
     "binary short": (*binary_request({"inputs": [x_input(parameters={"binary_data_size": 16})]}, X.tobytes()[:16]),
                      "input 'x': 16 bytes of data, expected 32 for shape [2, 4] of FP32"),
@@ -85,6 +86,97 @@ def test_rest_bad_request_is_a_400_naming_the_problem(http, case):
     body, headers, message = CASES[case]
     answer = http.post("/v2/models/affine/infer", content=body, headers=headers)
     assert (answer.status_code, answer.json()) == (400, {"error": message})
+
+
+def kinds_request(**data: Any) -> dict:
+    """A JSON request to the kinds model: valid data for every input but those given."""
+    inputs = []
+    for kind, value in kinds_inputs().items():
+        flat = [v.decode() for v in value.reshape(-1)] if kind == "BYTES" else value.reshape(-1).tolist()
+        inputs.append({"name": f"in_{kind}", "shape": [2, 3], "datatype": kind, "data": data.get(kind, flat)})
+    return {"inputs": inputs}
+
+
+def must(kind: str, expected: str) -> str:
+    return f"input 'in_{kind}': {kind} data must be JSON {expected}; "
+
+
+BOOL, NUMBERS, STRINGS = "true or false", "numbers", "strings"
+#: JSON data that NumPy would coerce, each with the error naming the tensor and its datatype's JSON type.
+JSON_DATA = {
+    "BOOL from strings": ("BOOL", ["false"] * 6, must("BOOL", BOOL) + "Expected `bool`, got `str` - at `data[0]`"),
+    "BOOL from integers": ("BOOL", [1, 0, 1, 0, 1, 0], must("BOOL", BOOL) + "Expected `bool`, got `int` - at `data[0]`"),
+    "FP32 null": ("FP32", [1.5, None, 0, 0, 0, 0], must("FP32", NUMBERS) + "Expected `float`, got `null` - at `data[1]`"),
+    "FP64 bool": ("FP64", [1.5, True, 0, 0, 0, 0], must("FP64", NUMBERS) + "Expected `float`, got `bool` - at `data[1]`"),
+    "FP16 strings": ("FP16", ["1"] * 6, must("FP16", NUMBERS) + "Expected `float`, got `str` - at `data[0]`"),
+    "INT8 floats": ("INT8", [1.9] * 6, must("INT8", "integers from -128 to 127") + "Expected `int`, got `float` - at `data[0]`"),
+    "INT8 strings": ("INT8", ["7"] * 6, must("INT8", "integers from -128 to 127") + "Expected `int`, got `str` - at `data[0]`"),
+    "INT8 too large": ("INT8", [127, 128, 0, 0, 0, 0],
+                       must("INT8", "integers from -128 to 127") + "Expected `int` <= 127 - at `data[1]`"),
+    "INT32 bool nested": ("INT32", [[1, 2, 3], [4, 5, True]], must("INT32", "integers from -2147483648 to 2147483647")
+                          + "Expected `int`, got `bool` - at `data[1][2]`"),
+    "UINT8 negative": ("UINT8", [-1] * 6, must("UINT8", "integers from 0 to 255") + "Expected `int` >= 0 - at `data[0]`"),
+    "UINT64 too large": ("UINT64", [2**64] * 6,
+                         must("UINT64", "integers from 0 to 18446744073709551615") + "a value is out of range"),
+    "BYTES objects": ("BYTES", [{"ab": 1, "cd": 2}, {"x": 1, "y": 2}, {"z": 1, "w": 2}],
+                      must("BYTES", STRINGS) + "Expected `str`, got `object` - at `data[0]`"),
+    "BYTES numbers": ("BYTES", [1] * 6, must("BYTES", STRINGS) + "Expected `str`, got `int` - at `data[0]`"),
+    "BYTES ragged": ("BYTES", [["a", "b", "c", "d"], ["e", "f"]],
+                     "input 'in_BYTES': data is not a regular array of BYTES values"),
+    "deeper than the shape": ("FP32", [[[1, 2, 3]], [[4, 5, 6]]],
+                              "input 'in_FP32': data is nested deeper than its shape [2, 3]"),
+}
+
+
+@pytest.mark.parametrize("case", JSON_DATA)
+def test_json_data_of_the_wrong_type_is_a_400_naming_the_type(http, case):
+    kind, data, message = JSON_DATA[case]
+    answer = http.post("/v2/models/kinds/infer", json=kinds_request(**{kind: data}))
+    assert (answer.status_code, answer.json()) == (400, {"error": message})
+
+
+def test_json_data_at_the_edges_of_each_datatype_reaches_the_model_exactly(http):
+    edges = {
+        "BOOL": [[True, False, True], [False, False, True]],
+        "INT8": [-128, 127, 0, -1, 1, 2],
+        "UINT8": [0, 255, 1, 2, 3, 4],
+        "INT64": [-2**63, 2**63 - 1, 0, -1, 1, 2],
+        "UINT64": [0, 2**64 - 1, 1, 2, 3, 4],
+        "FP16": [1, -2, 0.5, 0, 65504, -0.25],
+        "FP32": [[1, 2.5, -3], [0, 1024, -0.125]],
+        "FP64": [1, 1e300, -2.5, 0, 3, 4],
+        "BYTES": [["", "ü", "a b"], ["\"quoted\"", "x", "y"]],
+    }
+    answer = http.post("/v2/models/kinds/infer", json=kinds_request(**edges))
+    assert answer.status_code == 200, answer.text
+    got = {o["name"]: o["data"] for o in answer.json()["outputs"]}
+    for kind, data in edges.items():
+        assert got[f"out_{kind}"] == np.array(data, dtype=object).reshape(-1).tolist(), kind
+
+
+def test_a_json_string_that_is_not_utf8_is_a_400(http):
+    body = json.dumps(kinds_request()).replace('"s0-', '"\xff', 1).encode("latin-1")
+    answer = http.post("/v2/models/kinds/infer", content=body)
+    error = "input 'in_BYTES': data holds a string that is not UTF-8"
+    assert (answer.status_code, answer.json()) == (400, {"error": error})
+
+
+NOT_UTF8 = {"error": "the request is not valid JSON: it holds text that is not UTF-8"}
+TOO_DEEP = {"error": "the request is not valid JSON: it nests too deeply"}
+DEEP = b"[" * 5000 + b"]" * 5000
+UNREADABLE = {
+    "infer not UTF-8": ("/v2/models/affine/infer", b'{"inputs": [], "id": "\xff"}', NOT_UTF8),
+    "load not UTF-8": ("/v2/repository/models/affine/load", b'{"parameters": {"\xff": 1}}', NOT_UTF8),
+    "infer too deep": ("/v2/models/affine/infer", b'{"inputs": [{"name": "x", "data": ' + DEEP + b"}]}", TOO_DEEP),
+    "index too deep": ("/v2/repository/index", b'{"ready": true, "other": ' + DEEP + b"}", TOO_DEEP),
+}
+
+
+@pytest.mark.parametrize("case", UNREADABLE)
+def test_json_the_decoder_cannot_read_is_a_400(http, case):
+    path, body, error = UNREADABLE[case]
+    answer = http.post(path, content=body)
+    assert (answer.status_code, answer.json()) == (400, error)
 
 
 def test_unknown_model_and_version_are_404(http):

@@ -38,7 +38,8 @@ class _Input(msgspec.Struct):
     shape: list[int]
     datatype: str
     parameters: dict[str, Any] = {}
-    data: Any = None
+    #: Left undecoded until the model's datatype is known, then decoded strictly for it.
+    data: msgspec.Raw = msgspec.Raw()
 
 
 class _Output(msgspec.Struct):
@@ -167,6 +168,10 @@ def _decode(data: bytes, kind: type[Any]) -> Any:
         raise BadRequest(f"invalid request: {exc}") from None
     except msgspec.DecodeError:
         raise BadRequest("the request is not valid JSON") from None
+    except UnicodeDecodeError:  # what msgspec raises for a string that is not UTF-8
+        raise BadRequest("the request is not valid JSON: it holds text that is not UTF-8") from None
+    except RecursionError:
+        raise BadRequest("the request is not valid JSON: it nests too deeply") from None
 
 
 def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
@@ -235,12 +240,13 @@ def _wire_inputs(inputs: list[_Input], binary: memoryview) -> list[WireTensor]:
         if "shared_memory_region" in params:
             raise InvalidInput(f"input {tensor.name!r}: shared memory is not supported; send the data")
         size = params.get("binary_data_size")
+        data = _json_data(tensor.data)
         if size is None:
-            tensors.append(WireTensor(tensor.name, tensor.datatype, tensor.shape, tensor.data))
+            tensors.append(WireTensor(tensor.name, tensor.datatype, tensor.shape, data))
             continue
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise InvalidInput(f"input {tensor.name!r}: binary_data_size must be a byte count")
-        if tensor.data is not None:
+        if data is not None:
             raise InvalidInput(f"input {tensor.name!r} has both data and binary_data_size")
         if offset + size > len(binary):
             raise InvalidInput(
@@ -254,6 +260,11 @@ def _wire_inputs(inputs: list[_Input], binary: memoryview) -> list[WireTensor]:
             f"the request holds {len(binary) - offset} bytes of binary data that no input's binary_data_size claims"
         )
     return tensors
+
+
+def _json_data(data: msgspec.Raw) -> msgspec.Raw | None:
+    """An input's JSON `data`; None where it is missing or null."""
+    return data if data and memoryview(data) != b"null" else None
 
 
 def _requested_outputs(req: _InferRequest, names: AbstractSet[str]) -> dict[str, bool]:

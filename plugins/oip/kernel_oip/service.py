@@ -11,6 +11,7 @@ import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import msgspec
 import numpy as np
 
 from kernel import (
@@ -27,7 +28,7 @@ from kernel import __version__ as kernel_version
 from kernel_oip.batching import Batcher
 from kernel_oip.config import OipConfig
 from kernel_oip.pdp import PolicyDecisionPoint
-from kernel_oip.tensors import check_header, from_buffer, from_list, input_infos
+from kernel_oip.tensors import check_header, from_buffer, from_json, from_list, input_infos
 
 if TYPE_CHECKING:
     from kernel import Kernel, Model
@@ -46,12 +47,12 @@ _STATES = {"ready": "READY", "loading": "LOADING"}
 
 
 class WireTensor(NamedTuple):
-    """A request tensor as it came: raw bytes, a list of values, or no data at all."""
+    """A request tensor as it came: raw bytes, JSON text, typed values, or no data at all."""
 
     name: str
     datatype: str
     shape: Sequence[int]
-    data: bytes | memoryview | Sequence[Any] | None
+    data: bytes | memoryview | msgspec.Raw | Sequence[Any] | None
 
 
 class Plan:
@@ -189,6 +190,8 @@ class OipService:
                 raise InvalidInput(f"input {tensor.name!r} has no data")
             if isinstance(tensor.data, (bytes, bytearray, memoryview)):
                 arrays[tensor.name] = from_buffer(info, tensor.shape, tensor.data)
+            elif isinstance(tensor.data, msgspec.Raw):
+                arrays[tensor.name] = from_json(info, tensor.shape, tensor.data)
             else:
                 arrays[tensor.name] = from_list(info, tensor.shape, tensor.data)
         return arrays

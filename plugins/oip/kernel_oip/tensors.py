@@ -2,22 +2,26 @@
 
 Raw bytes (the REST binary extension, gRPC `raw_input_contents`) become arrays with
 `np.frombuffer`, never element by element; only JSON lists and gRPC typed contents,
-which are lists by nature, go through `np.array`. BYTES tensors use the protocol's raw
-layout: each element a 4-byte little-endian length followed by its bytes.
+which are lists by nature, go through `np.array`. JSON data reaches here undecoded and is
+decoded once the model's datatype is known, strictly for it. BYTES tensors use the
+protocol's raw layout: each element a 4-byte little-endian length followed by its bytes.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import numpy as np
 
 from kernel import DATATYPES, InvalidInput, TensorInfo
 
 _LENGTH = struct.Struct("<I")
+_INT64_MAX = 2**63 - 1
 
 
 def check_header(info: TensorInfo, datatype: str, shape: Sequence[int]) -> int:
@@ -70,13 +74,11 @@ def from_buffer(info: TensorInfo, shape: Sequence[int], buffer: bytes | memoryvi
     return array if array.flags.aligned else array.copy()
 
 
-def from_list(info: TensorInfo, shape: Sequence[int], data: Any) -> np.ndarray:
-    """An array from JSON `data` (flat or nested) or gRPC typed contents."""
-    count = math.prod(shape)
+def from_list(info: TensorInfo, shape: Sequence[int], data: Sequence[Any]) -> np.ndarray:
+    """An array from gRPC typed contents: a flat sequence that protobuf has typed already."""
     if info.datatype == "BYTES":
-        flat = [_as_bytes(info.name, item) for item in _flatten(data)]
-        array = np.empty(len(flat), dtype=object)
-        array[:] = flat
+        array = np.empty(len(data), dtype=object)
+        array[:] = list(data)
     else:
         try:
             array = np.array(data, dtype=DATATYPES[info.datatype])
@@ -84,6 +86,48 @@ def from_list(info: TensorInfo, shape: Sequence[int], data: Any) -> np.ndarray:
             raise InvalidInput(
                 f"input {info.name!r}: data is not a regular array of {info.datatype} values"
             ) from None
+    return _shaped(info, shape, array)
+
+
+def from_json(info: TensorInfo, shape: Sequence[int], data: msgspec.Raw) -> np.ndarray:
+    """An array from JSON `data`, flat or nested, decoded strictly for the datatype.
+
+    msgspec checks every element's JSON type (and an integer's range) as it decodes, in C,
+    so that `"7"`, `1.9`, `null` or `true` are refused rather than coerced by NumPy."""
+    name, datatype = info.name, info.datatype
+    depth = _depth(data)
+    if depth > max(len(shape), 1):
+        raise InvalidInput(f"input {name!r}: data is nested deeper than its shape {list(shape)}")
+    decoder, expected = _json_decoder(datatype, depth)
+    must = f"input {name!r}: {datatype} data must be JSON {expected}"
+    try:
+        array = _json_array(datatype, decoder.decode(data), depth)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(f"{must}; {str(exc).replace('`$', '`data', 1)}") from None
+    except OverflowError:  # a UINT64 value above its range: msgspec's bounds stop at int64's
+        raise InvalidInput(f"{must}; a value is out of range") from None
+    except UnicodeDecodeError:
+        raise InvalidInput(f"input {name!r}: data holds a string that is not UTF-8") from None
+    except ValueError:
+        raise InvalidInput(f"input {name!r}: data is not a regular array of {datatype} values") from None
+    return _shaped(info, shape, array)
+
+
+def _json_array(datatype: str, values: Any, depth: int) -> np.ndarray:
+    """The array of decoded `values` (for BYTES, flat and of UTF-8 bytes); ValueError where
+    they are ragged."""
+    if datatype != "BYTES":
+        return np.array(values, dtype=DATATYPES[datatype])
+    strings = np.array(values, dtype=object)
+    if strings.ndim != depth:  # ragged: NumPy keeps the uneven lists as elements
+        raise ValueError("ragged")
+    array = np.empty(strings.size, dtype=object)
+    array[:] = [item.encode() for item in strings.reshape(-1)]
+    return array
+
+
+def _shaped(info: TensorInfo, shape: Sequence[int], array: np.ndarray) -> np.ndarray:
+    count = math.prod(shape)
     if array.size != count:
         raise InvalidInput(
             f"input {info.name!r}: {array.size} elements of data, expected {count} for shape {list(shape)}"
@@ -91,20 +135,38 @@ def from_list(info: TensorInfo, shape: Sequence[int], data: Any) -> np.ndarray:
     return array.reshape(shape)
 
 
-def _flatten(data: Any) -> Iterable[Any]:
-    if isinstance(data, (list, tuple)) or hasattr(data, "__len__") and not isinstance(data, (str, bytes)):
-        for item in data:
-            yield from _flatten(item)
-    else:
-        yield data
+def _depth(data: msgspec.Raw) -> int:
+    """How deeply JSON `data` nests arrays, read from its opening brackets alone."""
+    depth = 0
+    for byte in memoryview(data):
+        if byte == ord("["):
+            depth += 1
+        elif byte not in b" \t\r\n":
+            break
+    return depth
 
 
-def _as_bytes(name: str, item: Any) -> bytes:
-    if isinstance(item, bytes):
-        return item
-    if isinstance(item, str):
-        return item.encode()
-    raise InvalidInput(f"input {name!r}: BYTES data must be strings, got {type(item).__name__}")
+@functools.cache
+def _json_decoder(datatype: str, depth: int) -> tuple[msgspec.json.Decoder[Any], str]:
+    """A decoder for `depth` nested arrays of `datatype`'s elements, and what they must be."""
+    element, expected = _json_element(datatype)
+    for _ in range(depth):
+        element = list[element]
+    return msgspec.json.Decoder(element), expected
+
+
+def _json_element(datatype: str) -> tuple[Any, str]:
+    if datatype == "BOOL":
+        return bool, "true or false"
+    if datatype == "BYTES":
+        return str, "strings"
+    dtype = DATATYPES[datatype]
+    if dtype.kind == "f":
+        return float, "numbers"
+    low, high = int(np.iinfo(dtype).min), int(np.iinfo(dtype).max)
+    # msgspec bounds must fit an int64; NumPy refuses a UINT64 value above its range instead.
+    bounds = msgspec.Meta(ge=low, le=high if high <= _INT64_MAX else None)
+    return Annotated[int, bounds], f"integers from {low} to {high}"
 
 
 def decode_bytes(name: str, buffer: bytes | memoryview, count: int) -> np.ndarray:
