@@ -3,9 +3,11 @@ serving the same files in one run: listing latency of a zoo of 500 archives, dow
 throughput of a 100 MB archive with 1 and 8 clients (median MB/s, and the server's CPU
 seconds per GB sent; the servers take turns, round by round), upload time of that archive,
 the server's peak memory (VmHWM) after the upload, and its memory while 32 downloads stall
-(clients that stop reading). Every
-loop is bounded in count and time; servers listen on loopback only. Run from the
-repository root:
+(clients that stop reading). http.server also runs a second time sending files with
+sendfile(2), as the zoo does: on loopback the receiving client then copies from the page
+cache rather than from data the sender just copied, so this row shows what zero-copy
+alone does to the rate here. Every loop is bounded in count and time; servers listen on
+loopback only. Run from the repository root:
 
     python -m bench.zoo [--models 500] [--size-mb 100] [--listings 200]
 """
@@ -41,6 +43,19 @@ RUN_ORIGINAL = (
     "import sys, uvicorn, dg_zoo_server; "
     "uvicorn.run(dg_zoo_server.app, host='127.0.0.1', port=int(sys.argv[2]), log_level='warning')"
 )
+#: http.server sending files with sendfile(2) instead of copying them through Python: what
+#: zero-copy alone does on this machine's loopback, beside the same server copying.
+RUN_SENDFILE = """
+import functools, http.server, sys
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def copyfile(self, source, outputfile):
+        self.connection.sendfile(source)
+server = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])),
+                                         functools.partial(Handler, directory=sys.argv[2]))
+server.serve_forever()
+"""
+#: Servers of plain files (no zoo routes, no listing or upload).
+FILE_SERVERS = ("http.server", "http.server + sendfile")
 
 
 class Proc:
@@ -204,10 +219,12 @@ def main() -> None:
             "kernel zoo": lambda: Proc("kernel zoo", 0, server=Server(
                 ["--plugins", "zoo", "--zoo", str(root), "--log-level", "warning"], Path(tmp) / "home",
             ).wait_ready()),
-            "dg_zoo_server 0.3.0": lambda: _spawn("dg_zoo_server 0.3.0", [
-                str(original_python), "-c", RUN_ORIGINAL, "--zoo", str(root)], root),
-            "http.server": lambda: _spawn("http.server", [
-                sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(root)], root),
+            "dg_zoo_server 0.3.0": lambda: _spawn("dg_zoo_server 0.3.0", lambda port: [
+                str(original_python), "-c", RUN_ORIGINAL, "--port", str(port), "--zoo", str(root)], root),
+            "http.server": lambda: _spawn("http.server", lambda port: [
+                sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)], root),
+            "http.server + sendfile": lambda: _spawn("http.server + sendfile", lambda port: [
+                sys.executable, "-c", RUN_SENDFILE, str(port), str(root)], root),
         }
         running: dict[str, Proc] = {}
         try:
@@ -215,11 +232,11 @@ def main() -> None:
                 running[name] = start()
             rows = {}
             for name, p in running.items():
-                files = name == "http.server"
+                files = name in FILE_SERVERS
                 lat = [] if files else listing(p, args.listings)
                 up = float("nan") if files else upload_seconds(p, archive)
                 rows[name] = [lat, up, p.peak_rss_mb()]
-            downloads = {name: (p, "/bench/big/big.zip" if name == "http.server" else
+            downloads = {name: (p, "/bench/big/big.zip" if name in FILE_SERVERS else
                                 "/zoo/v1/public/models/bench/big/big") for name, p in running.items()}
             one = download_rates(downloads, size, 1, rounds=7)
             eight = download_rates(downloads, size, 8, rounds=3)
@@ -242,12 +259,9 @@ def main() -> None:
               f"| {upload} | {peak:.0f} | {stalled:.0f} |")
 
 
-def _spawn(name: str, command: list[str], root: Path) -> Proc:
+def _spawn(name: str, command_for: Callable[[int], list[str]], root: Path) -> Proc:
     port = free_port()
-    if "http.server" in command:
-        command = [*command[:3], str(port), *command[3:]]
-    else:
-        command = [*command[:3], "--port", str(port), *command[3:]]
+    command = command_for(port)
     with open(root.parent / f"{port}.log", "wb") as log:
         proc = subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=log,
                                 stdin=subprocess.DEVNULL)

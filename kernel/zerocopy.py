@@ -4,14 +4,16 @@ uvicorn offers no way to send a file without copying it through Python, so a dow
 served by chunks costs two copies per byte and one core's worth of event loop. The
 kernel serves with uvicorn, so it adds the extension itself: a response that finds
 `http.response.zerocopysend` in `scope["extensions"]` may send an open file, which goes
-to the connection's socket with `loop.sendfile` (the `sendfile(2)` system call on plain
-TCP, asyncio's own read-and-write on TLS). Headers and the end of the response still go
-through uvicorn, so keep-alive and its bookkeeping stay its own.
+to the connection's socket with `sendfile(2)`. Headers and the end of the response still
+go through uvicorn, so keep-alive and its bookkeeping stay its own.
 
-`sendfile(2)` on a non-blocking socket still waits for the disk when the file's pages are
-not in memory, which would stall every request the event loop serves (a model archive on
-an SD card reads at tens of MB/s). So the file goes out in windows, and a window whose
-first or last page is not in memory is read in a worker thread before it is sent.
+The file goes out in windows, each sent by a worker thread while the client keeps up: the
+sends of several downloads run on several cores, and a window not yet in memory is read
+from disk in that thread, not on the event loop (a model archive on an SD card reads at
+tens of MB/s). A client that leaves the socket full for longer than PATIENCE gets the rest
+of the window from `loop.sendfile`, which waits on the event loop without holding a
+thread (the window read in first, by a thread, when it is not in memory). On TLS every
+window goes through `loop.sendfile`, which encrypts through the transport.
 
 The extension is offered only where uvicorn's HTTP cycle looks as expected (its `send`
 is a bound method of an object holding the transport and the bytes still owed); any
@@ -21,7 +23,10 @@ other server, or another uvicorn layout, serves the app unchanged.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import select
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from litestar.enums import ASGIExtension
@@ -29,7 +34,9 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 ZEROCOPY_SEND = ASGIExtension.ZERO_COPY_SEND_EXTENSION.value
 CHUNK = 1024 * 1024  # per body message where the file must be read after all
-WINDOW = 8 * 1024 * 1024  # sent by one `loop.sendfile`, after reading it in if it is not in memory
+WINDOW = 32 * 1024 * 1024  # sent by one worker thread (or one `loop.sendfile`)
+#: Seconds a worker thread waits on a full socket before the event loop takes the wait over.
+PATIENCE = 0.05
 
 
 def with_zerocopy_send(app: ASGIApp) -> ASGIApp:
@@ -110,21 +117,65 @@ class _ZeroCopySend:
 
 
 async def _sendfile(transport: asyncio.Transport, file: Any, offset: int, count: int | None) -> int:
-    """`count` bytes of `file` from `offset` (None: to its end) with `loop.sendfile`, window
-    by window; the bytes sent (fewer where the file ends first)."""
+    """`count` bytes of `file` from `offset` (None: to its end), window by window; the bytes
+    sent (fewer where the file ends first)."""
     loop = asyncio.get_running_loop()
     fd = file.fileno()
     end = os.fstat(fd).st_size if count is None else offset + count
+    sock = transport.get_extra_info("socket")
+    # Plain TCP only: on TLS the bytes must go through the transport to be encrypted.
+    threads = sock is not None and transport.get_extra_info("ssl_object") is None
     sent = 0
     while offset + sent < end:
         at, size = offset + sent, min(WINDOW, end - offset - sent)
-        if not _in_memory(fd, at, size):
-            await asyncio.to_thread(_read_in, fd, at, size)
-        done = await loop.sendfile(transport, file, at, size)
+        done, ended = 0, False
+        if threads and not transport.get_write_buffer_size() and not transport.is_closing():
+            # The thread gets descriptors of its own (and closes them): should this request
+            # end while it still runs, the numbers cannot meanwhile name another socket or file.
+            done, ended = await loop.run_in_executor(
+                _senders(), _send_window, os.dup(sock.fileno()), os.dup(fd), at, size)
+        if done < size and not ended:
+            # A client slower than PATIENCE: the loop waits for it, holding no thread.
+            if not _in_memory(fd, at + done, size - done):
+                await loop.run_in_executor(_senders(), _read_in, os.dup(fd), at + done, size - done)
+            more = await loop.sendfile(transport, file, at + done, size - done)
+            done, ended = done + more, more < size - done
         sent += done
-        if done < size:
+        if ended:
             break
     return sent
+
+
+@functools.cache
+def _senders() -> ThreadPoolExecutor:
+    """Threads of their own for sending (not the loop's default executor, which others
+    use): each holds a download only while its socket takes data, PATIENCE at most after."""
+    return ThreadPoolExecutor(4 * (os.cpu_count() or 1), thread_name_prefix="kernel-send")
+
+
+def _send_window(sock: int, fd: int, offset: int, size: int) -> tuple[int, bool]:
+    """Send a window with `sendfile(2)` from a worker thread: the sends of several
+    downloads then run on several cores, and a disk read blocks this thread, not the event
+    loop. Returns (bytes sent, whether the file ended); gives up early when the socket
+    stays full for PATIENCE seconds. Closes `sock` and `fd`, its own duplicates."""
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        sent = 0
+        while sent < size:
+            try:
+                done = os.sendfile(sock, fd, offset + sent, size - sent)
+            except BlockingIOError:
+                if not poller.poll(PATIENCE * 1000):
+                    break
+                continue
+            if done == 0:
+                return sent, True
+            sent += done
+        return sent, False
+    finally:
+        os.close(sock)
+        os.close(fd)
 
 
 def _in_memory(fd: int, offset: int, size: int) -> bool:
@@ -143,10 +194,14 @@ def _in_memory(fd: int, offset: int, size: int) -> bool:
 
 
 def _read_in(fd: int, offset: int, size: int) -> None:
-    """Read a window into the page cache (in a worker thread: it may wait on the disk)."""
-    end = offset + size
-    while offset < end:
-        chunk = os.pread(fd, min(CHUNK, end - offset), offset)
-        if not chunk:
-            return
-        offset += len(chunk)
+    """Read a window into the page cache (in a worker thread: it may wait on the disk).
+    Closes `fd`, its own duplicate."""
+    try:
+        end = offset + size
+        while offset < end:
+            chunk = os.pread(fd, min(CHUNK, end - offset), offset)
+            if not chunk:
+                return
+            offset += len(chunk)
+    finally:
+        os.close(fd)

@@ -5,6 +5,7 @@ off the event loop, and a client leaving mid-file costs the server nothing."""
 import os
 import socket
 import struct
+import time
 
 import httpx
 import pytest
@@ -80,9 +81,9 @@ def test_a_window_not_in_memory_is_read_in(blob):
     evict(path)
     fd = os.open(path, os.O_RDONLY)
     try:
-        start = zerocopy.WINDOW // 2
+        start = SIZE // 3
         assert not zerocopy._in_memory(fd, start, SIZE - start)
-        zerocopy._read_in(fd, start, SIZE - start)
+        zerocopy._read_in(os.dup(fd), start, SIZE - start)  # it closes the descriptor it is given
         assert zerocopy._in_memory(fd, start, SIZE - start)
     finally:
         os.close(fd)
@@ -100,3 +101,29 @@ def test_a_file_not_in_memory_is_sent_whole_and_across_windows(serve, tmp_path):
         span = client.get("/sendfile", params={"offset": zerocopy.WINDOW - 7, "count": zerocopy.WINDOW + 100})
     assert whole.content == data
     assert span.content == data[zerocopy.WINDOW - 7:2 * zerocopy.WINDOW + 93]
+
+
+def test_a_slow_reader_gets_every_byte_across_windows(serve, tmp_path):
+    # The reader keeps the socket full longer than a sending thread waits, so the event
+    # loop takes over the window, and the next window starts in a thread again.
+    data = os.urandom(zerocopy.WINDOW + 4_000_000)
+    path = tmp_path / "slow.bin"
+    path.write_bytes(data)
+    server = serve("--plugins", "sendfile", KERNEL_TEST_SENDFILE=str(path))
+    # more than the server's socket buffer holds (at most 4 MiB by default), across a window's end
+    start, count = zerocopy.WINDOW - 3_000_000, 6_000_000
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(f"GET /sendfile?offset={start}&count={count} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        received = b""
+        for pause in [3 * zerocopy.PATIENCE] * 3 + [0] * count:  # bounded: at most one recv per byte
+            time.sleep(pause)
+            chunk = sock.recv(65536)
+            received += chunk
+            if not chunk or len(received.partition(b"\r\n\r\n")[2]) >= count:
+                break
+    body = received.partition(b"\r\n\r\n")[2]
+    assert body == data[start:start + count]
+    assert "Traceback" not in server.output()
