@@ -95,7 +95,10 @@ def validate_inputs(
         raise InvalidInput(f"missing input {', '.join(map(repr, missing))}")
     for name, array in inputs.items():
         info = expected[name]
-        got = datatype_name(array.dtype)
+        try:
+            got = datatype_name(array.dtype)
+        except ValueError:  # complex, big-endian, ...: nothing a model takes
+            raise InvalidInput(f"input {name!r}: expected datatype {info.datatype}, got {array.dtype}") from None
         if got != info.datatype:
             raise InvalidInput(f"input {name!r}: expected datatype {info.datatype}, got {got}")
         if not info.accepts_shape(array.shape):

@@ -413,7 +413,9 @@ class ModelRegistry:
         started = time.perf_counter()
         try:
             recent = model._run_seconds
-            if (recent is not None and recent < self.inline_seconds
+            # Inline only when no other run of the model is going on: a runtime that runs one
+            # call at a time would otherwise hold the event loop until the other run ends.
+            if (recent is not None and recent < self.inline_seconds and model._active == 1
                     and sum(array.nbytes for array in inputs.values()) <= INLINE_INPUT_BYTES):
                 outputs, seconds = _timed_infer(session, inputs)
             else:

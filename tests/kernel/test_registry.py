@@ -139,6 +139,28 @@ async def test_a_fast_model_runs_on_the_event_loop_after_its_first_run(tmp_path,
 
 
 @pytest.mark.anyio
+async def test_a_fast_model_runs_in_the_pool_while_another_of_its_runs_is_going_on(tmp_path, models):
+    # Runtimes that run one call at a time lock: an inline run would hold the event loop
+    # until the other run ended.
+    k = make(tmp_path, models)
+    await k.registry.rescan()
+    for _ in range(3):
+        await k.registry.infer("double", X)  # fast: the next small runs may be inline
+    MatrixBackend.threads = []
+    gate = MatrixBackend.sessions[0].gate = threading.Event()
+    big = asyncio.ensure_future(k.registry.infer("double", {"x": np.ones((10_000, 3), dtype=np.float32)}))
+    while not MatrixBackend.threads:
+        await asyncio.sleep(0.01)
+    small = asyncio.ensure_future(k.registry.infer("double", X))
+    while len(MatrixBackend.threads) < 2:
+        await asyncio.sleep(0.01)
+    gate.set()
+    await asyncio.gather(big, small)
+    assert all(name.startswith("kernel-infer") for name in MatrixBackend.threads)
+    k.pool.close()
+
+
+@pytest.mark.anyio
 async def test_without_inline_runs_every_run_goes_to_the_pool(tmp_path, models):
     k = make(tmp_path, models, infer_inline_us=0)
     await k.registry.rescan()
@@ -176,6 +198,9 @@ async def test_wrong_inputs_are_invalid_input_not_a_crash(tmp_path, models):
         await k.registry.infer("double", {"z": np.ones((1, 3), dtype=np.float32)})
     with pytest.raises(kernel.InvalidInput, match="missing input 'x'"):
         await k.registry.infer("double", {})
+    for dtype in (">f4", "complex64"):  # no datatype of the protocol: still the client's error
+        with pytest.raises(kernel.InvalidInput, match="expected datatype FP32"):
+            await k.registry.infer("double", {"x": np.ones((1, 3), dtype=dtype)})
 
 
 @pytest.mark.anyio
