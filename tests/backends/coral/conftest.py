@@ -41,11 +41,13 @@ def tflite_model(
     quant_in: tuple[float, int],
     quant_out: tuple[float, int],
     custom_code: str | None = None,
+    second_input: bool = False,
 ) -> bytes:
     """A one-op model with a quantized input `x` and output `y`, shapes [-1, 4].
 
-    Without `custom_code` the op is ADD(x, x), so y = 2 * x in real values. With it, the
-    op is that custom op, as an Edge TPU compiler's output holds `edgetpu-custom-op`.
+    Without `custom_code` the op is ADD(x, x), so y = 2 * x in real values, or with
+    `second_input` ADD(x, z) of two inputs. With `custom_code`, the op is that custom op, as
+    an Edge TPU compiler's output holds `edgetpu-custom-op`.
     """
     b = flatbuffers.Builder(1024)
 
@@ -66,6 +68,9 @@ def tflite_model(
         return table(fields)  # buffer (2) stays 0: the empty buffer every activation uses
 
     tensors = [tensor("x", quant_in), tensor("y", quant_out)]
+    if second_input:
+        tensors.append(tensor("z", quant_in))
+    inputs = [0, 2] if second_input else [0]
     opcode = CUSTOM if custom_code else ADD
     # OperatorCode: deprecated_builtin_code (0), custom_code (1), version (2), builtin_code (3).
     code_fields = [("Int8", 0, opcode), ("Int32", 2, 1), ("Int32", 3, opcode)]
@@ -74,13 +79,13 @@ def tflite_model(
     operator_code = table(code_fields)
     # Operator: opcode_index (0), inputs (1), outputs (2).
     operator = table([
-        ("UOffsetTRelative", 1, vector([0] if custom_code else [0, 0], b.PrependInt32)),
+        ("UOffsetTRelative", 1, vector([0] if custom_code else inputs * (2 // len(inputs)), b.PrependInt32)),
         ("UOffsetTRelative", 2, vector([1], b.PrependInt32)),
     ])
     # SubGraph: tensors (0), inputs (1), outputs (2), operators (3).
     subgraph = table([
         ("UOffsetTRelative", 0, vector(tensors, b.PrependUOffsetTRelative)),
-        ("UOffsetTRelative", 1, vector([0], b.PrependInt32)),
+        ("UOffsetTRelative", 1, vector(inputs, b.PrependInt32)),
         ("UOffsetTRelative", 2, vector([1], b.PrependInt32)),
         ("UOffsetTRelative", 3, vector([operator], b.PrependUOffsetTRelative)),
     ])

@@ -181,6 +181,28 @@ def test_concurrent_requests_of_different_batch_sizes(tmp_path, build_tflite):
     assert not failures
 
 
+def test_inputs_the_interpreter_cannot_take_are_invalid_and_leave_it_working(tmp_path, build_tflite):
+    # ADD(x, z) of two dynamic batches: batches 2 and 3 fail when the arena is allocated,
+    # which left it unallocated for every later call.
+    quant_in, quant_out = QUANTIZED["uint8"]
+    (tmp_path / "add2.tflite").write_bytes(build_tflite("uint8", quant_in, quant_out, second_input=True))
+    spec = kernel.ModelSpec(
+        name="add2", qualified="dir.add2", source="dir", path=str(tmp_path / "add2.tflite"), format="tflite",
+    )
+    session = CoralBackend().load(spec)
+
+    def rows(n: int) -> np.ndarray:
+        return np.full((n, 4), 130, np.uint8)  # real 1.0: y = x + z is real 2.0, q 136
+
+    for _ in range(2):
+        with pytest.raises(kernel.InvalidInput, match="cannot run inputs of these shapes"):
+            session.infer({"x": rows(2), "z": rows(3)})
+    for n in (3, 1, 2):
+        y = session.infer({"x": rows(n), "z": rows(n)})["y"]
+        assert y.shape == (n, 4) and (y == 136).all()
+    session.close()
+
+
 @pytest.mark.parametrize("processor", ["cpu", "tpu"])
 def test_edge_tpu_model_without_edge_tpu_is_a_clear_error(tmp_path, build_tflite, serve_models, processor):
     compiled = build_tflite("uint8", (0.5, 128), (0.25, 128), custom_code="edgetpu-custom-op")

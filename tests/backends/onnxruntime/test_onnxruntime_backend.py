@@ -95,6 +95,27 @@ def echo_model(elem_type: int) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
+def strings_model() -> onnx.ModelProto:
+    """Returns its [N] string input."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "strings",
+        [helper.make_tensor_value_info("x", TensorProto.STRING, ["N"])],
+        [helper.make_tensor_value_info("y", TensorProto.STRING, ["N"])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def conv_model() -> onnx.ModelProto:
+    """A 3x3 all-ones convolution of one-channel images of any size (3x3 at least)."""
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])], "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, "h", "w"])],
+        [helper.make_tensor("w", TensorProto.FLOAT, [1, 1, 3, 3], [1.0] * 9)],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
 def write_darknet(folder: Path, name: str, values: int, seed: int = 0) -> None:
     """TINY_CFG with `values` random weights after a format-0.2 header."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -117,6 +138,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     save(affine_model(), models / "gpu_or_cpu",
          'processor = "gpu"\nbackend = "onnxruntime"\nallow_cpu_fallback = true\n')
     save(affine_model(), models / "one_thread", 'intra_op_threads = 1\nbackend = "onnxruntime"\n')
+    save(strings_model(), models / "echo_strings")
+    save(conv_model(), models / "conv")
     (models / "short").mkdir()
     write_darknet(models / "short", "model", TINY_VALUES - 10)
     (models / "short" / "config.toml").write_text('backend = "onnxruntime"\n')
@@ -183,6 +206,20 @@ def test_invalid_inputs_are_refused_before_the_runtime(
 ) -> None:
     with pytest.raises(kernel.InvalidInput, match=message.replace("[", r"\[").replace("]", r"\]")):
         served.infer("affine", inputs)
+
+
+def test_fixed_width_bytes_arrays_are_strings_too(served: Served) -> None:
+    # onnxruntime read `S` arrays as NUL-terminated strings, past each element's end
+    for x in (np.array([b"hello", b"world"]), np.array(["ab", "cd"]), np.array([b"ab", b"cd"], dtype=object)):
+        assert served.infer("echo_strings", {"x": x})["y"].tolist() == [item.encode() if isinstance(item, str)
+                                                                         else item for item in x.tolist()]
+
+
+def test_inputs_the_graph_cannot_take_are_invalid_input(served: Served) -> None:
+    # a 3x3 convolution of a 1x1 image: onnxruntime's INVALID_ARGUMENT, not a server error
+    with pytest.raises(kernel.InvalidInput, match="cannot run these inputs: .*Conv"):
+        served.infer("conv", {"x": np.ones((1, 1, 1, 1), np.float32)})
+    assert served.infer("conv", {"x": np.ones((1, 1, 3, 3), np.float32)})["y"].tolist() == [[[[9.0]]]]
 
 
 def test_corrupt_model_fails_and_others_keep_serving(served: Served) -> None:

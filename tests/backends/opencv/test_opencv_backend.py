@@ -188,6 +188,25 @@ def put(folder: Path, files: dict[str, bytes | str]) -> None:
         path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
 
 
+def identity(elem_type: int) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "identity",
+        [helper.make_tensor_value_info("x", elem_type, [2])], [helper.make_tensor_value_info("y", elem_type, [2])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def dynamic_sum() -> onnx.ModelProto:
+    """y[n] = sum of x[n, :]: a [N, 3] input and a [N] output, which cv2.dnn returns as [N, 1]."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0)], "sum",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])],
+        [helper.make_tensor("axes", TensorProto.INT64, [1], [1])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     models = tmp_path_factory.mktemp("models")
@@ -198,6 +217,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     put(models / "gpu_cv", {"model.onnx": cnn, "config.toml": FORCE_CV + 'processor = "gpu"\n'})
     put(models / "gpu_or_cpu_cv", {"model.onnx": cnn, "config.toml":
                                    FORCE_CV + 'processor = "gpu"\nallow_cpu_fallback = true\n'})
+    put(models / "int64_cv", {"model.onnx": identity(TensorProto.INT64).SerializeToString(), "config.toml": FORCE_CV})
+    put(models / "dynamic_cv", {"model.onnx": dynamic_sum().SerializeToString(), "config.toml": FORCE_CV})
     write_synthetic_darknet(models / "synthetic_cv")
     write_synthetic_darknet(models / "synthetic_ort")
     put(models / "synthetic_ort", {"config.toml": FORCE_ORT})
@@ -243,6 +264,19 @@ def test_same_onnx_model_agrees_with_onnxruntime(served: Served, strided: bool) 
 def test_invalid_inputs(served: Served, inputs: dict[str, np.ndarray], message: str) -> None:
     with pytest.raises(kernel.InvalidInput, match=message):
         served.infer("cnn_cv", inputs)
+
+
+def test_tensors_a_float_cannot_hold_are_refused_at_load(served: Served) -> None:
+    # cv2.dnn computes in float32: an INT64 identity turned 2**40 + 1 into 1
+    with pytest.raises(kernel.ModelError, match="'x' is INT64: OpenCV computes in 32-bit floats"):
+        served.run(served.kernel.registry.load("int64_cv"))
+
+
+def test_outputs_keep_their_declared_rank_and_empty_inputs_are_refused(served: Served) -> None:
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    assert served.infer("dynamic_cv", {"x": x})["y"].tolist() == [3.0, 12.0]
+    with pytest.raises(kernel.InvalidInput, match="'x' has no elements"):  # it answered uninitialised memory
+        served.infer("dynamic_cv", {"x": np.zeros((0, 3), np.float32)})
 
 
 def test_backend_choice_per_format(served: Served) -> None:

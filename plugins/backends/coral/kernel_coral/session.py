@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from kernel import Session, TensorInfo, datatype_name
+from kernel import InvalidInput, Session, TensorInfo, datatype_name
 
 
 class TFLiteSession(Session):
@@ -40,13 +40,18 @@ class TFLiteSession(Session):
             if interpreter is None:
                 raise RuntimeError("the model was unloaded")
             resized = False
-            for name, array in inputs.items():
-                if array.shape != self._allocated[name]:
-                    interpreter.resize_tensor_input(self._input_index[name], array.shape, strict=True)
-                    self._allocated[name] = array.shape
-                    resized = True
-            if resized:
-                interpreter.allocate_tensors()
+            try:
+                for name, array in inputs.items():
+                    if array.shape != self._allocated[name]:
+                        interpreter.resize_tensor_input(self._input_index[name], array.shape, strict=True)
+                        self._allocated[name] = array.shape
+                        resized = True
+                if resized:
+                    interpreter.allocate_tensors()
+            except (RuntimeError, ValueError) as exc:
+                # The arena is left unallocated: the next call allocates again, whatever its shapes.
+                self._allocated = dict.fromkeys(self._allocated, ())
+                raise InvalidInput(f"the model cannot run inputs of these shapes: {exc}") from None
             for name, array in inputs.items():
                 interpreter.set_tensor(self._input_index[name], np.ascontiguousarray(array))
             interpreter.invoke()

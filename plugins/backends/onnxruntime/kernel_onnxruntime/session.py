@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -53,15 +54,27 @@ class OnnxRuntimeSession(Session):
         return list(self._session.get_providers())
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feed = {name: _to_strings(name, value) if value.dtype == object else value
+        # Every kind of BYTES array: fixed-width `S` ones too, which onnxruntime would read
+        # as NUL-terminated strings past their ends.
+        feed = {name: _to_strings(name, value) if value.dtype.kind in "OSU" else value
                 for name, value in inputs.items()}
         # onnxruntime's run is thread-safe, so no lock.
-        values = self._session.run(self._output_names, feed)
+        try:
+            values = self._session.run(self._output_names, feed)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no useful base class
+            message = _RUNTIME_PREFIX.sub("", str(exc)).strip()
+            if type(exc).__name__ == "InvalidArgument":  # inputs the graph cannot take (a shape too small)
+                raise InvalidInput(f"the model cannot run these inputs: {message}") from None
+            raise ModelError(f"onnxruntime failed to run the model: {message}") from None
         return {name: _to_bytes(value) if value.dtype.kind in "OU" else value
                 for name, value in zip(self._output_names, values)}
 
     def close(self) -> None:
         del self._session
+
+
+#: What onnxruntime puts before its messages: `[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : `.
+_RUNTIME_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
 
 
 def _to_strings(name: str, array: np.ndarray) -> np.ndarray:

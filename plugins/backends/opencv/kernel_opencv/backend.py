@@ -61,7 +61,8 @@ class OpenCVBackend(Backend):
         inputs = [TensorInfo(name=DARKNET_INPUT, datatype="FP32", shape=shape)]
         names = list(net.getUnconnectedOutLayersNames())
         # The output shapes follow from the cfg; one run on zeros gives them, and warms up.
-        outputs = [TensorInfo(name=name, datatype="FP32", shape=(-1,)) for name in names]
+        # Until then they are unknown (), which leaves the probe's outputs as OpenCV shapes them.
+        outputs = [TensorInfo(name=name, datatype="FP32", shape=()) for name in names]
         session = OpenCVSession(spec.qualified, net, inputs, outputs, memory, unnamed_input=True)
         probe = session.run({DARKNET_INPUT: np.zeros(shape, np.float32)})
         session.outputs = [

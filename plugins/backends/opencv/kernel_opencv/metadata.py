@@ -28,7 +28,18 @@ def onnx_tensors(path: str) -> tuple[list[TensorInfo], list[TensorInfo]]:
         return TensorInfo(name=value.name, datatype=datatype, shape=shape)
 
     inputs = [info(v) for v in graph.input if v.name not in constants]
-    return inputs, [info(v) for v in graph.output]
+    outputs = [info(v) for v in graph.output]
+    for tensor in inputs + outputs:
+        if tensor.datatype not in EXACT_IN_FP32:
+            raise ModelError(
+                f"tensor {tensor.name!r} is {tensor.datatype}: OpenCV computes in 32-bit floats, which "
+                f"hold only {', '.join(sorted(EXACT_IN_FP32))} values exactly; serve it with onnxruntime"
+            )
+    return inputs, outputs
+
+
+#: Datatypes whose every value a 32-bit float holds, the only numbers cv2.dnn computes with.
+EXACT_IN_FP32 = frozenset({"FP32", "FP16", "UINT8", "INT8"})
 
 
 def darknet_input_shape(cfg: str) -> tuple[int, int, int, int]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from kernel import ModelError, Session, TensorInfo
+from kernel import InvalidInput, ModelError, Session, TensorInfo
 
 
 def cv_message(exc: Exception) -> str:
@@ -33,6 +33,9 @@ class OpenCVSession(Session):
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import cv2
 
+        empty = [name for name, array in inputs.items() if array.size == 0]
+        if empty:  # cv2.dnn would run on memory it never wrote
+            raise InvalidInput(f"input {empty[0]!r} has no elements; OpenCV cannot run an empty tensor")
         with self._lock:
             try:
                 for name, array in inputs.items():
@@ -41,9 +44,21 @@ class OpenCVSession(Session):
             except cv2.error as exc:
                 raise ModelError(f"model {self._name!r}: OpenCV failed to run it: {cv_message(exc)}") from None
         return {
-            info.name: np.asarray(value, dtype=info.dtype)
+            info.name: _declared_rank(np.asarray(value, dtype=info.dtype), info.shape)
             for info, value in zip(self.outputs, values)
         }
 
     def close(self) -> None:
         del self._net
+
+
+def _declared_rank(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """`value` in the rank the model declares (cv2.dnn keeps at least two dimensions, so a
+    declared [2] comes back [2, 1]), where the declared shape says how; `shape` () is not
+    known yet."""
+    if not shape or value.ndim == len(shape) or list(shape).count(-1) > 1:
+        return value
+    try:
+        return value.reshape(shape)
+    except ValueError:
+        return value
