@@ -157,8 +157,7 @@ def test_json_data_at_the_edges_of_each_datatype_reaches_the_model_exactly(http)
 def test_a_json_string_that_is_not_utf8_is_a_400(http):
     body = json.dumps(kinds_request()).replace('"s0-', '"\xff', 1).encode("latin-1")
     answer = http.post("/v2/models/kinds/infer", content=body)
-    error = "input 'in_BYTES': data holds a string that is not UTF-8"
-    assert (answer.status_code, answer.json()) == (400, {"error": error})
+    assert (answer.status_code, answer.json()) == (400, NOT_UTF8)
 
 
 NOT_UTF8 = {"error": "the request is not valid JSON: it holds text that is not UTF-8"}

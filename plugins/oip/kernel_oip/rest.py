@@ -22,7 +22,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 import kernel
 from kernel import BadRequest, InvalidInput, PayloadTooLarge, Unavailable
-from kernel_oip.service import INFER, READ, REPOSITORY, OipService, WireTensor
+from kernel_oip.service import INFER, READ, REPOSITORY, JsonData, OipService, WireTensor
 from kernel_oip.tensors import as_json_data, raw
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -38,8 +38,8 @@ class _Input(msgspec.Struct):
     shape: list[int]
     datatype: str
     parameters: dict[str, Any] = {}
-    #: Left undecoded until the model's datatype is known, then decoded strictly for it.
-    data: msgspec.Raw = msgspec.Raw()
+    #: Checked element by element for the model's datatype once that is known.
+    data: Any = None
 
 
 class _Output(msgspec.Struct):
@@ -240,7 +240,7 @@ def _wire_inputs(inputs: list[_Input], binary: memoryview) -> list[WireTensor]:
         if "shared_memory_region" in params:
             raise InvalidInput(f"input {tensor.name!r}: shared memory is not supported; send the data")
         size = params.get("binary_data_size")
-        data = _json_data(tensor.data)
+        data = None if tensor.data is None else JsonData(tensor.data)
         if size is None:
             tensors.append(WireTensor(tensor.name, tensor.datatype, tensor.shape, data))
             continue
@@ -260,11 +260,6 @@ def _wire_inputs(inputs: list[_Input], binary: memoryview) -> list[WireTensor]:
             f"the request holds {len(binary) - offset} bytes of binary data that no input's binary_data_size claims"
         )
     return tensors
-
-
-def _json_data(data: msgspec.Raw) -> msgspec.Raw | None:
-    """An input's JSON `data`; None where it is missing or null."""
-    return data if data and memoryview(data) != b"null" else None
 
 
 def _requested_outputs(req: _InferRequest, names: AbstractSet[str]) -> dict[str, bool]:

@@ -11,7 +11,6 @@ import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import msgspec
 import numpy as np
 
 from kernel import (
@@ -46,13 +45,19 @@ READY = "ready"
 _STATES = {"ready": "READY", "loading": "LOADING"}
 
 
+class JsonData(NamedTuple):
+    """A REST input's `data` as decoded from JSON, its elements not yet checked for type."""
+
+    value: Any
+
+
 class WireTensor(NamedTuple):
-    """A request tensor as it came: raw bytes, JSON text, typed values, or no data at all."""
+    """A request tensor as it came: raw bytes, JSON data, typed values, or no data at all."""
 
     name: str
     datatype: str
     shape: Sequence[int]
-    data: bytes | memoryview | msgspec.Raw | Sequence[Any] | None
+    data: bytes | memoryview | JsonData | Sequence[Any] | None
 
 
 class Plan:
@@ -190,8 +195,8 @@ class OipService:
                 raise InvalidInput(f"input {tensor.name!r} has no data")
             if isinstance(tensor.data, (bytes, bytearray, memoryview)):
                 arrays[tensor.name] = from_buffer(info, tensor.shape, tensor.data)
-            elif isinstance(tensor.data, msgspec.Raw):
-                arrays[tensor.name] = from_json(info, tensor.shape, tensor.data)
+            elif isinstance(tensor.data, JsonData):
+                arrays[tensor.name] = from_json(info, tensor.shape, tensor.data.value)
             else:
                 arrays[tensor.name] = from_list(info, tensor.shape, tensor.data)
         return arrays

@@ -2,8 +2,8 @@
 
 Raw bytes (the REST binary extension, gRPC `raw_input_contents`) become arrays with
 `np.frombuffer`, never element by element; only JSON lists and gRPC typed contents,
-which are lists by nature, go through `np.array`. JSON data reaches here undecoded and is
-decoded once the model's datatype is known, strictly for it. BYTES tensors use the
+which are lists by nature, go through `np.array`. JSON data is checked against the model's
+datatype, strictly, before NumPy sees it. BYTES tensors use the
 protocol's raw layout: each element a 4-byte little-endian length followed by its bytes.
 """
 
@@ -89,25 +89,22 @@ def from_list(info: TensorInfo, shape: Sequence[int], data: Sequence[Any]) -> np
     return _shaped(info, shape, array)
 
 
-def from_json(info: TensorInfo, shape: Sequence[int], data: msgspec.Raw) -> np.ndarray:
-    """An array from JSON `data`, flat or nested, decoded strictly for the datatype.
-
-    msgspec checks every element's JSON type (and an integer's range) as it decodes, in C,
-    so that `"7"`, `1.9`, `null` or `true` are refused rather than coerced by NumPy."""
+def from_json(info: TensorInfo, shape: Sequence[int], data: Any) -> np.ndarray:
+    """An array from JSON `data` (as decoded, flat or nested), checked strictly for the
+    datatype: msgspec checks every element's type (and an integer's range) in C, so that
+    `"7"`, `1.9`, `null` or `true` are refused rather than coerced by NumPy."""
     name, datatype = info.name, info.datatype
     depth = _depth(data)
     if depth > max(len(shape), 1):
         raise InvalidInput(f"input {name!r}: data is nested deeper than its shape {list(shape)}")
-    decoder, expected = _json_decoder(datatype, depth)
+    kind, expected = _json_type(datatype, depth)
     must = f"input {name!r}: {datatype} data must be JSON {expected}"
     try:
-        array = _json_array(datatype, decoder.decode(data), depth)
+        array = _json_array(datatype, msgspec.convert(data, kind), depth)
     except msgspec.ValidationError as exc:
         raise InvalidInput(f"{must}; {str(exc).replace('`$', '`data', 1)}") from None
     except OverflowError:  # a UINT64 value above its range: msgspec's bounds stop at int64's
         raise InvalidInput(f"{must}; a value is out of range") from None
-    except UnicodeDecodeError:
-        raise InvalidInput(f"input {name!r}: data holds a string that is not UTF-8") from None
     except ValueError:
         raise InvalidInput(f"input {name!r}: data is not a regular array of {datatype} values") from None
     return _shaped(info, shape, array)
@@ -135,24 +132,24 @@ def _shaped(info: TensorInfo, shape: Sequence[int], array: np.ndarray) -> np.nda
     return array.reshape(shape)
 
 
-def _depth(data: msgspec.Raw) -> int:
-    """How deeply JSON `data` nests arrays, read from its opening brackets alone."""
+def _depth(data: Any) -> int:
+    """How deeply `data` nests lists, read along its first elements."""
     depth = 0
-    for byte in memoryview(data):
-        if byte == ord("["):
-            depth += 1
-        elif byte not in b" \t\r\n":
+    while isinstance(data, list):
+        depth += 1
+        if not data:
             break
+        data = data[0]
     return depth
 
 
 @functools.cache
-def _json_decoder(datatype: str, depth: int) -> tuple[msgspec.json.Decoder[Any], str]:
-    """A decoder for `depth` nested arrays of `datatype`'s elements, and what they must be."""
+def _json_type(datatype: str, depth: int) -> tuple[Any, str]:
+    """The type of `depth` nested lists of `datatype`'s elements, and what they must be."""
     element, expected = _json_element(datatype)
     for _ in range(depth):
         element = list[element]
-    return msgspec.json.Decoder(element), expected
+    return element, expected
 
 
 def _json_element(datatype: str) -> tuple[Any, str]:
