@@ -125,24 +125,37 @@ async def _sendfile(transport: asyncio.Transport, file: Any, offset: int, count:
     sock = transport.get_extra_info("socket")
     # Plain TCP only: on TLS the bytes must go through the transport to be encrypted.
     threads = sock is not None and transport.get_extra_info("ssl_object") is None
+    # Nothing is read from the connection meanwhile, as `loop.sendfile` does too: uvicorn
+    # would answer what it read (a pipelined request it refuses, the client's half-close)
+    # into the middle of the file.
+    reading = transport.is_reading()
+    transport.pause_reading()
     sent = 0
-    while offset + sent < end:
-        at, size = offset + sent, min(WINDOW, end - offset - sent)
-        done, ended = 0, False
-        if threads and not transport.get_write_buffer_size() and not transport.is_closing():
-            # The thread gets descriptors of its own (and closes them): should this request
-            # end while it still runs, the numbers cannot meanwhile name another socket or file.
-            done, ended = await loop.run_in_executor(
-                _senders(), _send_window, os.dup(sock.fileno()), os.dup(fd), at, size)
-        if done < size and not ended:
-            # A client slower than PATIENCE: the loop waits for it, holding no thread.
-            if not _in_memory(fd, at + done, size - done):
-                await loop.run_in_executor(_senders(), _read_in, os.dup(fd), at + done, size - done)
-            more = await loop.sendfile(transport, file, at + done, size - done)
-            done, ended = done + more, more < size - done
-        sent += done
-        if ended:
-            break
+    try:
+        while offset + sent < end:
+            at, size = offset + sent, min(WINDOW, end - offset - sent)
+            if transport.is_closing():
+                raise ConnectionAbortedError("the connection closed mid-file")
+            done, ended = 0, False
+            if threads and not transport.get_write_buffer_size():
+                # The thread gets descriptors of its own (and closes them): should this request
+                # end while it still runs, the numbers cannot meanwhile name another socket or file.
+                done, ended = await loop.run_in_executor(
+                    _senders(), _send_window, os.dup(sock.fileno()), os.dup(fd), at, size)
+            if done < size and not ended:
+                # A client slower than PATIENCE: the loop waits for it, holding no thread.
+                if not _in_memory(fd, at + done, size - done):
+                    await loop.run_in_executor(_senders(), _read_in, os.dup(fd), at + done, size - done)
+                if transport.is_closing():
+                    raise ConnectionAbortedError("the connection closed mid-file")
+                more = await loop.sendfile(transport, file, at + done, size - done)
+                done, ended = done + more, more < size - done
+            sent += done
+            if ended:
+                break
+    finally:
+        if reading and not transport.is_closing():
+            transport.resume_reading()
     return sent
 
 

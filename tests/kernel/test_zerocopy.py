@@ -127,3 +127,44 @@ def test_a_slow_reader_gets_every_byte_across_windows(serve, tmp_path):
     body = received.partition(b"\r\n\r\n")[2]
     assert body == data[start:start + count]
     assert "Traceback" not in server.output()
+
+
+@pytest.fixture
+def large(serve, tmp_path):
+    """A server of a file of more than one window, and the file's bytes."""
+    data = os.urandom(zerocopy.WINDOW + 2_000_000)
+    path = tmp_path / "large.bin"
+    path.write_bytes(data)
+    return serve("--plugins", "sendfile", KERNEL_TEST_SENDFILE=str(path)), data
+
+
+def read_all(sock: socket.socket, limit: int) -> bytes:
+    received = b""
+    while len(received) < limit:  # bounded: the server closes, or the timeout ends it
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
+def test_a_client_that_half_closes_after_its_request_gets_the_whole_file(large):
+    server, data = large
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"GET /sendfile HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)  # done sending, still reading
+        body = read_all(sock, len(data) + 1000).partition(b"\r\n\r\n")[2]
+    assert body == data
+    assert "Traceback" not in server.output()
+
+
+def test_a_request_sent_during_a_download_is_answered_after_the_file(large):
+    server, data = large
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"GET /sendfile HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = sock.recv(65536)
+        sock.sendall(b"BAD\x01REQUEST\r\n\r\n")  # pipelined, and refused by uvicorn
+        received += read_all(sock, len(data) + 1000)
+    body = received.partition(b"\r\n\r\n")[2]
+    assert body[:len(data)] == data
+    assert body[len(data):].startswith(b"HTTP/1.1 400")
