@@ -209,6 +209,30 @@ def test_a_redis_out_of_memory_is_try_later_and_loses_nothing(streams, redis_ser
     assert r.status_code == 201 and redis.xlen("full") == 1
 
 
+def test_a_redis_user_without_the_rights_is_the_servers_fault(tmp_path, redis_server: Redis):
+    # NOPERM comes from redis-py as a ResponseError whose message has lost its code
+    redis_server.client().acl_setuser("reader", enabled=True, passwords=["+pw"], keys=["*"],
+                                      commands=["+@all", "-xrevrange", "-xread"])
+    url = redis_server.url.replace("redis://", "redis://reader:pw@", 1)
+    server = start_streams(tmp_path / "home", url, "--streams-dev-login", "--streams-retry-s", "0.5")
+    try:
+        token = httpx.post(server.url + "/token", data={"username": "dev", "password": "dev"}).json()["access_token"]
+        r = httpx.get(server.url + "/data/cam", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 503 and "no permissions" in r.json()["detail"]
+    finally:
+        server.stop()
+        redis_server.client().acl_deluser("reader")
+
+
+def test_a_streams_server_starts_while_redis_is_down(tmp_path):
+    server = start_streams(tmp_path / "home", "redis://127.0.0.1:1", "--streams-retry-s", "0.2")
+    try:
+        assert httpx.get(server.url + "/-/health").status_code == 200
+        assert "does not answer yet" in server.output()
+    finally:
+        server.stop()
+
+
 def test_start_offsets_from_the_readme_are_understood(streams, redis_server: Redis):
     headers = login(streams)
 

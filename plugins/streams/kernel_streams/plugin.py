@@ -13,6 +13,7 @@ import kernel
 from kernel_streams import config as streams_config
 from kernel_streams import login, redact, rest, sockets
 from kernel_streams.runtime import STATE_KEY, Runtime
+from kernel_streams.store import StoreUnavailable
 
 log = logging.getLogger("kernel.streams")
 
@@ -61,7 +62,7 @@ async def kernel_startup(kernel: kernel.Kernel) -> None:
     kernel.app.state[STATE_KEY] = rt
     try:
         await rt.store.ping()
-    except kernel.Unavailable:
+    except StoreUnavailable:
         log.warning("the data store at %s does not answer yet; requests get 503 until it does",
                     _redact(url))
 

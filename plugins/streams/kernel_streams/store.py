@@ -37,18 +37,19 @@ def _text(value: Any) -> Any:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
-#: Error codes of a Redis that cannot take a command now (out of memory, a read-only
-#: replica, a failing disk, a busy script), whatever the command: not the client's fault.
+#: Error codes of a Redis that cannot take a command now, whatever the command (out of
+#: memory, a read-only or cut-off replica, a failing disk, a busy script) or that this
+#: server's user may not run (NOPERM, an ACL to fix): not the client's fault.
 _SERVER_STATES = frozenset({"OOM", "READONLY", "MISCONF", "MASTERDOWN", "NOREPLICAS", "BUSY", "TRYAGAIN",
-                            "CLUSTERDOWN", "LOADING"})
+                            "CLUSTERDOWN", "LOADING", "NOPERM"})
 
 
 def _refusal(what: str, exc: Exception) -> kernel.KernelError:
     """A command Redis refused: the client's `BadRequest` (a key of another type, an id it
     cannot use), or `StoreUnavailable` when Redis itself is in no state to serve."""
-    from redis.exceptions import OutOfMemoryError, ReadOnlyError
-
-    if isinstance(exc, (OutOfMemoryError, ReadOnlyError)) or str(exc).split(" ", 1)[0] in _SERVER_STATES:
+    # redis-py strips the codes it knows from the message and keeps them as `status_code`.
+    code = getattr(exc, "status_code", None) or str(exc).split(" ", 1)[0]
+    if code in _SERVER_STATES:
         log.error("the data store refused %s: %s", what, exc)
         return StoreUnavailable(f"the data store cannot take {what} now: {exc}")
     return kernel.BadRequest(f"the data store refused {what}: {exc}")
