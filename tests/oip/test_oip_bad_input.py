@@ -118,6 +118,8 @@ JSON_DATA = {
     "UINT8 negative": ("UINT8", [-1] * 6, must("UINT8", "integers from 0 to 255") + "Expected `int` >= 0 - at `data[0]`"),
     "UINT64 too large": ("UINT64", [2**64] * 6,
                          must("UINT64", "integers from 0 to 18446744073709551615") + "a value is out of range"),
+    "FP16 too large": ("FP16", [1, 1e6, 0, 0, 0, 0], must("FP16", NUMBERS) + "a value is out of range"),
+    "FP32 too large": ("FP32", [1, 1e39, 0, 0, 0, 0], must("FP32", NUMBERS) + "a value is out of range"),
     "BYTES objects": ("BYTES", [{"ab": 1, "cd": 2}, {"x": 1, "y": 2}, {"z": 1, "w": 2}],
                       must("BYTES", STRINGS) + "Expected `str`, got `object` - at `data[0]`"),
     "BYTES numbers": ("BYTES", [1] * 6, must("BYTES", STRINGS) + "Expected `str`, got `int` - at `data[0]`"),

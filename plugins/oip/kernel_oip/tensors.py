@@ -114,7 +114,13 @@ def _json_array(datatype: str, values: Any, depth: int) -> np.ndarray:
     """The array of decoded `values` (for BYTES, flat and of UTF-8 bytes); ValueError where
     they are ragged."""
     if datatype != "BYTES":
-        return np.array(values, dtype=DATATYPES[datatype])
+        dtype = DATATYPES[datatype]
+        with np.errstate(over="ignore"):
+            array = np.array(values, dtype=dtype)
+        # JSON numbers are finite: an infinity here is a value past FP16's or FP32's range
+        if dtype.kind == "f" and not np.isfinite(array).all():
+            raise OverflowError
+        return array
     strings = np.array(values, dtype=object)
     if strings.ndim != depth:  # ragged: NumPy keeps the uneven lists as elements
         raise ValueError("ragged")
