@@ -57,6 +57,18 @@ def pooled(path: Path) -> Path:
     return _save(graph, path)
 
 
+def colsum(path: Path) -> Path:
+    """x FP32 [-1, 4] -> total [4], the sum of each column: an output as long as a batch of
+    four rows, and still no batch dimension."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x", "axes"], ["total"], keepdims=0)], "colsum",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("total", TensorProto.FLOAT, [4])],
+        [helper.make_tensor("axes", TensorProto.INT64, [1], [0])],
+    )
+    return _save(graph, path)
+
+
 def kinds(path: Path) -> Path:
     """One input per datatype, `in_<TYPE>` [2, 3], passed through to `out_<TYPE>`."""
     nodes, inputs, outputs = [], [], []
@@ -73,6 +85,7 @@ def repository(root: Path) -> Path:
     - `affine` (version 1: 2x+1) and its versions 1 (2x+1) and 2 (3x-1) under `versioned`;
     - `batched`: affine 2x+1 with dynamic batching (up to 8 rows, 200 ms delay);
     - `pooled`: one sum over the whole input, with batching on though it cannot be split;
+    - `colsum`: column sums, the same (its output's length can equal a batch's rows);
     - `kinds`: every datatype through Identity.
     """
     affine(root / "affine" / "model.onnx", 2.0, 1.0)
@@ -82,6 +95,8 @@ def repository(root: Path) -> Path:
     (root / "batched" / "config.toml").write_text("max_batch_size = 8\nmax_queue_delay_us = 200000\n")
     pooled(root / "pooled" / "model.onnx")
     (root / "pooled" / "config.toml").write_text("max_batch_size = 8\nmax_queue_delay_us = 200000\n")
+    colsum(root / "colsum" / "model.onnx")
+    (root / "colsum" / "config.toml").write_text("max_batch_size = 8\nmax_queue_delay_us = 200000\n")
     kinds(root / "kinds" / "model.onnx")
     return root
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
+import httpx
 import pytest
 
 import kernel
@@ -20,18 +21,27 @@ PDP_TIMEOUT = 0.5
 
 
 class PolicyDecisionPoint(BaseHTTPRequestHandler):
-    """Permits everything except the `versioned` model, and never answers about `kinds`."""
+    """Permits everything except the `versioned` model, never answers about `kinds`, and
+    trickles its PERMIT for `pooled` past the timeout (asked by qualified name, whatever name
+    the request used)."""
 
     asked: ClassVar[list[dict]] = []
 
     def do_POST(self) -> None:
         ask = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.asked.append(ask)
-        if ask["resource"] == "kinds":
+        if ask["resource"] == "dir.kinds":
             time.sleep(PDP_TIMEOUT * 3)
-        decision = b"DENY" if ask["resource"] in ("versioned", "kinds") else b"PERMIT"
+        decision = b"DENY" if ask["resource"] in ("dir.versioned", "dir.kinds") else b"PERMIT"
         self.send_response(200)
         self.send_header("Content-Length", str(len(decision)))
+        if ask["resource"] == "dir.pooled":  # PERMIT, a byte at a time: each read is quick, the answer late
+            self.end_headers()
+            for byte in decision:
+                time.sleep(PDP_TIMEOUT * 0.6)
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+            return
         self.end_headers()
         self.wfile.write(decision)
 
@@ -60,7 +70,15 @@ def seen(tmp_path_factory: pytest.TempPathFactory, pdp: str) -> Iterator[dict]:
     good = tokens.issue("svc", ["oip:read", "oip:infer"], ttl=600)
     wrong = tokens.issue("svc", ["zoo"], ttl=600)
     try:
-        yield run_client("triton_auth.py", f"127.0.0.1:{server.port}", f"127.0.0.1:{grpc_port}", good, wrong)
+        seen = run_client("triton_auth.py", f"127.0.0.1:{server.port}", f"127.0.0.1:{grpc_port}", good, wrong)
+        # the same model under its other name is the same resource to the PDP
+        qualified = httpx.post(f"{server.url}/v2/models/dir.versioned/infer", json={"inputs": []},
+                               headers={"Authorization": f"Bearer {good}"})
+        seen["http"]["pdp_denies_qualified"] = str(qualified.status_code)
+        late = httpx.post(f"{server.url}/v2/models/pooled/infer", json={"inputs": []},
+                          headers={"Authorization": f"Bearer {good}"}, timeout=30)
+        seen["http"]["pdp_late_permit"] = str(late.status_code)
+        yield seen
     finally:
         server.stop()
         assert SECRET not in server.output() and good not in server.output()
@@ -89,5 +107,7 @@ def test_policy_decision_point_denies_and_silence_denies(seen):
     assert seen["grpc"]["pdp_denies"] == "StatusCode.PERMISSION_DENIED"
     assert seen["grpc"]["pdp_silent"] == "StatusCode.PERMISSION_DENIED"
     asked = PolicyDecisionPoint.asked
-    assert {"resource": "affine", "action": "infer"}.items() <= asked[0].items()
+    assert seen["http"]["pdp_denies_qualified"] == "403"
+    assert seen["http"]["pdp_late_permit"] == "403"  # the timeout bounds the whole answer
+    assert {"resource": "dir.affine", "action": "infer"}.items() <= asked[0].items()
     assert all(a["jwt"] for a in asked)

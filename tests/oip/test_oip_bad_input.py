@@ -244,6 +244,29 @@ def test_grpc_raw_contents_checked(stub):
     assert grpc_error(stub.ModelInfer, negative)[0] == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_grpc_refuses_what_it_cannot_honour_as_rest_does(stub):
+    def request(**kinds: bool) -> pb.ModelInferRequest:
+        r = pb.ModelInferRequest(model_name="affine")
+        x = r.inputs.add(name="x", datatype="FP32", shape=[2, 4])
+        r.raw_input_contents.append(X.tobytes())
+        if kinds.get("contents"):
+            x.contents.fp32_contents.extend(X.reshape(-1).tolist())
+        if kinds.get("input_shm"):
+            x.parameters["shared_memory_region"].string_param = "region"
+        out = r.outputs.add(name="y")
+        if kinds.get("classification"):
+            out.parameters["classification"].int64_param = 2
+        if kinds.get("output_shm"):
+            out.parameters["shared_memory_region"].string_param = "region"
+        return r
+
+    for kind, message in (("contents", "input 'x' has both contents and raw_input_contents"),
+                          ("input_shm", "input 'x': shared memory is not supported; send the data"),
+                          ("classification", "output 'y': the classification extension is not supported"),
+                          ("output_shm", "output 'y': shared memory is not supported")):
+        assert grpc_error(stub.ModelInfer, request(**{kind: True})) == (grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
 def test_grpc_good_request_after_bad_ones(stub):
     request = pb.ModelInferRequest(model_name="affine", id="after")
     request.inputs.add(name="x", datatype="FP32", shape=[2, 4])
@@ -251,3 +274,13 @@ def test_grpc_good_request_after_bad_ones(stub):
     answer = stub.ModelInfer(request, timeout=10)
     assert answer.id == "after" and [o.name for o in answer.outputs] == ["y", "total"]
     np.testing.assert_array_equal(np.frombuffer(answer.raw_output_contents[0], np.float32).reshape(2, 4), X * 2 + 1)
+
+
+def test_a_body_limit_past_what_grpc_takes_still_starts_the_server(tmp_path):
+    # grpc's message limits are 32-bit; the kernel's --max-body-size is not
+    server, grpc_port = start_server(tmp_path / "home", repository(tmp_path / "models"), "--max-body-size", "3000000000")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            assert pb_grpc.GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest(), timeout=10).live
+    finally:
+        server.stop()

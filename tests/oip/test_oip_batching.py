@@ -69,3 +69,8 @@ async def test_outputs_without_a_batch_dimension_fall_back_to_one_call_each(serv
     arrays = [np.full((1 + i % 3, 4), i, np.float32) for i in range(6)]
     results = await infer_all(server.url, "pooled", arrays, output="total")
     assert [float(r) for r in results] == [float(x.sum()) for x in arrays]
+    # two requests of two rows: a batch of four rows, as long as the [4] output
+    pairs = [np.arange(8, dtype=np.float32).reshape(2, 4) * (i + 1) for i in range(2)]
+    results = await infer_all(server.url, "colsum", pairs, output="total")
+    for x, got in zip(pairs, results):
+        np.testing.assert_array_equal(got, x.sum(axis=0))

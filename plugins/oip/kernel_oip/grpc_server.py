@@ -119,9 +119,14 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         model, session = await service.session(request.model_name, request.model_version)
         plan = service.plan(session)
         wanted = [o.name for o in request.outputs]
-        for name in wanted:
-            if name not in plan.output_names:
-                raise InvalidInput(f"unknown output {name!r}; the model gives {sorted(plan.output_names)}")
+        for output in request.outputs:
+            if output.name not in plan.output_names:
+                raise InvalidInput(f"unknown output {output.name!r}; the model gives {sorted(plan.output_names)}")
+            # Refused as over REST: answering a plain tensor would look like success.
+            if "classification" in output.parameters:
+                raise InvalidInput(f"output {output.name!r}: the classification extension is not supported")
+            if "shared_memory_region" in output.parameters:
+                raise InvalidInput(f"output {output.name!r}: shared memory is not supported")
         inputs = service.decode(plan, _wire_inputs(request))
         results = select_outputs(await service.infer(model, plan, inputs), wanted)
         # Built in one constructor call: protobuf takes bytes only, so each output is copied
@@ -166,6 +171,10 @@ def _wire_inputs(request: Any) -> list[WireTensor]:
         )
     tensors = []
     for i, tensor in enumerate(request.inputs):
+        if "shared_memory_region" in tensor.parameters:
+            raise InvalidInput(f"input {tensor.name!r}: shared memory is not supported; send the data")
+        if raws and tensor.HasField("contents"):
+            raise InvalidInput(f"input {tensor.name!r} has both contents and raw_input_contents")
         if raws:
             data: Any = raws[i]
         else:
@@ -180,9 +189,11 @@ class GrpcServer:
 
     def __init__(self, service: OipService, host: str, port: int, max_message_bytes: int) -> None:
         self.address = f"{host}:{port}"
+        # grpc's channel options are 32-bit: a larger --max-body-size is 2 GiB here.
+        limit = min(max_message_bytes, 2**31 - 1)
         self._server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
             # A port already taken must be an error, not a silently shared socket.
             ("grpc.so_reuseport", 0),
         ])

@@ -7,6 +7,7 @@ within the timeout, is a denial.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -41,8 +42,10 @@ class PolicyDecisionPoint:
         assert self._client is not None, "the policy decision point client is not started"
         body = {"jwt": token, "resource": resource, "action": action}
         try:
-            answer = await self._client.post(self.url, json=body)
-        except httpx.HTTPError as exc:
+            # The whole exchange: httpx's own timeout bounds each read, not a trickled answer.
+            async with asyncio.timeout(self.timeout):
+                answer = await self._client.post(self.url, json=body)
+        except (httpx.HTTPError, TimeoutError) as exc:
             log.warning("policy decision point unreachable (%s); denying %s on %s", type(exc).__name__, action, resource)
             raise Forbidden("the policy decision point could not be reached; access denied") from None
         decision = answer.text.strip().strip('"').upper() if answer.status_code == 200 else ""

@@ -17,6 +17,7 @@ from kernel import (
     BadRequest,
     Forbidden,
     InvalidInput,
+    KernelError,
     ModelError,
     Session,
     TensorInfo,
@@ -68,9 +69,11 @@ class Plan:
     def __init__(self, session: Session) -> None:
         self.inputs: dict[str, TensorInfo] = {info.name: info for info in session.inputs}
         self.output_names = frozenset(info.name for info in session.outputs)
-        #: Requests can be stacked only when every input's first dimension is dynamic.
+        #: Requests can be stacked, and answers split back by rows, only when every input's
+        #: and every output's first dimension is dynamic (an output of fixed shape, a sum
+        #: over the batch, has no rows to split).
         self.batchable = bool(session.inputs) and all(
-            info.shape and info.shape[0] == -1 for info in session.inputs
+            info.shape and info.shape[0] == -1 for info in (*session.inputs, *session.outputs)
         )
 
 
@@ -112,7 +115,15 @@ class OipService:
 
     async def check_policy(self, token: str | None, scope: str, resource: str) -> None:
         if self.pdp is not None:
-            await self.pdp.check(token or "", resource, scope.partition(":")[2])
+            await self.pdp.check(token or "", self._resource(resource), scope.partition(":")[2])
+
+    def _resource(self, name: str) -> str:
+        """A model's qualified name, so that the PDP decides on one resource whichever of the
+        model's names a request used (`yolov8n` or `dir.yolov8n`)."""
+        try:
+            return self.registry.resolve(name) if name else name
+        except KernelError:  # no such model: the request fails on its own after the check
+            return name
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": "kernel", "version": kernel_version, "extensions": EXTENSIONS}
