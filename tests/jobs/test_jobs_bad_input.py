@@ -60,6 +60,13 @@ def test_auto_convert_refuses_numbers_that_are_not_finite(client: TestClient, te
     assert r.status_code == 400 and r.json()["error"] == [f"Could not convert scale={text!r} to float!"]
 
 
+def test_a_number_past_a_float_is_refused(client: TestClient) -> None:
+    huge = "1" + "0" * 330  # a JSON integer no float holds
+    body = '{"key": "alice-key", "text": "x", "scale": ' + huge + ', "wait_for_result": false}'
+    r = client.post("/echo", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"][0].startswith("Could not convert scale=")
+
+
 def test_client_keys(client: TestClient) -> None:
     bad = client.get("/echo/login", params={"key": "nope"})
     assert bad.status_code == 200 and bad.json()["success"] is False
@@ -194,6 +201,9 @@ def test_in_process_model_endpoint(tmp_path: Path, test_plugins: None) -> None:
     with TestClient(k.app) as c:
         r = c.post("/matmul", json={"key": "alice-key", "x": "[[1, 2], [3, 4]]"})
         assert r.status_code == 200 and r.json()["y"] == [[2.0, 4.0], [6.0, 8.0]]
+        deep = "[" * 100_000 + "]" * 100_000  # nested past what the JSON decoder takes
+        r = c.post("/matmul", json={"key": "alice-key", "x": deep, "wait_for_result": False})
+        assert r.status_code == 400 and "has invalid json format" in r.json()["error"][0]
         job_id = c.post("/matmul", json={"key": "alice-key", "x": "[[1, 2, 3]]", "wait_for_result": False}
                         ).json()["job_id"]
         for _ in range(100):

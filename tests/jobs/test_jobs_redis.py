@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -106,3 +107,52 @@ def test_kernel_killed_mid_job_and_vanished_worker_requeued(pair: list[Server], 
         "job_type": "echo", "auth_key": WORKER_KEY, "auth": "vanishing", "job_id": job_id, "text": "late"})
     assert late.status_code == 200 and late.json()["cmd"] == "warning"
     pair[0] = start(redis_url, tmp_path / "a3").wait_ready()
+
+
+def test_a_job_its_client_waits_for_is_handed_out_as_one_to_report_progress_on(pair: list[Server]) -> None:
+    # AIME's worker interface sends no progress for a job whose command says
+    # wait_for_result: true; silent past the inactivity timeout, the job was requeued and
+    # run a second time. The original server sends no wait_for_result at all.
+    b = pair[1]
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(httpx.post, f"{b.url}/echo", json={"text": "Once", "key": "bob-key"}, timeout=30)
+        taken: dict = {}
+        for _ in range(20):  # bounded: the client's job is queued within a few tries
+            taken = httpx.post(f"{b.url}/worker_job_request", json={
+                "job_type": "echo", "auth_key": WORKER_KEY, "auth": "w", "request_timeout": 5}, timeout=10).json()
+            if taken.get("cmd") == "job":
+                break
+        assert taken["cmd"] == "job" and not taken.get("wait_for_result")
+        job_id = taken["job_data"][0]["job_id"]
+        done = httpx.post(f"{b.url}/worker_job_result", json={
+            "job_type": "echo", "auth_key": WORKER_KEY, "auth": "w", "job_id": job_id, "text": "ONCE", "steps": 1})
+        assert done.json()["cmd"] == "ok"
+        assert waiting.result().json()["text"] == "ONCE"
+
+
+def test_the_kernels_own_worker_outlives_a_redis_hiccup(redis_url: str, tmp_path: Path) -> None:
+    import numpy as np
+    import redis
+
+    models = tmp_path / "models"
+    models.mkdir()
+    np.save(models / "double.npy", np.eye(2, dtype=np.float32) * 2)
+    server = Server(["--plugins", "jobs", "--jobs-endpoints", str(ENDPOINTS / "matmul"), "--jobs-redis", redis_url,
+                     "--jobs-redis-prefix", "kernel:hiccup",  # apart from the pair's queues
+                     "--model-dir", str(models), "--token-secret", SECRET], tmp_path / "home").wait_ready()
+    try:
+        def run() -> dict:
+            return httpx.post(f"{server.url}/matmul", json={"key": "alice-key", "x": "[[1, 2], [3, 4]]"},
+                              timeout=10).json()
+
+        assert run()["y"] == [[2.0, 4.0], [6.0, 8.0]]
+        redis.Redis.from_url(redis_url).client_kill_filter(_type="normal", skipme=True)
+        # A request may meet a killed connection first; the worker must go on taking jobs.
+        answers = []
+        for _ in range(3):
+            answers.append(run())
+            if "y" in answers[-1]:
+                break
+        assert answers[-1].get("y") == [[2.0, 4.0], [6.0, 8.0]], answers
+    finally:
+        server.stop()

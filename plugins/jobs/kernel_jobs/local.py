@@ -8,6 +8,7 @@ same name (a nested list, e.g. a `json` input); each output goes back as a neste
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -32,13 +33,23 @@ class LocalWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            job = await self.store.take(self.endpoint.job_type, self.name, TAKE_SECONDS, stop)
-            if job is None:
-                continue
-            result = await self.infer(job["data"])
-            finished = await self.store.finish(job["id"], result)
-            if finished is not None:
-                await self.store.record_duration(self.endpoint.job_type, time.time() - finished["start_time_compute"])
+            try:
+                await self._one(stop)
+            except Exception:  # a store outage must not end the worker for good
+                log.exception("the worker for model %s failed; retrying in %.0f s", self.endpoint.model, TAKE_SECONDS)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), TAKE_SECONDS)
+
+    async def _one(self, stop: asyncio.Event) -> None:
+        """Take one job and finish it (a job taken and then lost goes back to the queue when
+        it has been silent for the endpoint's inactivity timeout)."""
+        job = await self.store.take(self.endpoint.job_type, self.name, TAKE_SECONDS, stop)
+        if job is None:
+            return
+        result = await self.infer(job["data"])
+        finished = await self.store.finish(job["id"], result)
+        if finished is not None:
+            await self.store.record_duration(self.endpoint.job_type, time.time() - finished["start_time_compute"])
 
     async def infer(self, data: dict[str, Any]) -> dict[str, Any]:
         model_name = self.endpoint.model or ""

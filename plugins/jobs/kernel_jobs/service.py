@@ -279,8 +279,10 @@ class JobService:
 
     def job_command(self, batch: list[Job]) -> dict[str, Any]:
         endpoint = self.endpoints[batch[0]["endpoint"]]
+        # No `wait_for_result`, as the original sends none: AIME's worker stops reporting
+        # progress for a job that has it true, and a silent job is requeued and run twice.
         return {
-            "cmd": "job", "endpoint_name": endpoint.name, "wait_for_result": batch[0]["wait_for_result"],
+            "cmd": "job", "endpoint_name": endpoint.name,
             "input_descriptions": endpoint.inputs,
             "progress_output_descriptions": endpoint.progress_outputs,
             "final_output_descriptions": endpoint.outputs,

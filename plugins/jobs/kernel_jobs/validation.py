@@ -89,7 +89,11 @@ class Validator:
             if expected is int and value != int(value) and not spec.get("auto_convert"):
                 self.errors.append(f"Invalid argument type {name}={short(value)}. Expected: integer but got float!")
                 return None
-            return expected(value)
+            try:
+                return expected(value)
+            except OverflowError:  # an integer past a float's range
+                self.errors.append(f"Could not convert {name}={short(value)} to {kind}!")
+                return None
         if spec.get("auto_convert"):
             try:
                 if expected is bool and isinstance(value, str):
@@ -99,7 +103,7 @@ class Validator:
                     # "nan" passes every limit and reaches the worker as null; "inf" is no JSON
                     raise ValueError(value)
                 return converted
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 self.errors.append(f"Could not convert {name}={short(value)} to {kind}!")
                 return None
         self.errors.append(
@@ -165,7 +169,7 @@ class Validator:
     def json_value(self, name: str, value: str) -> Any:
         try:
             return json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep to decode
             self.errors.append(f"Input parameter {name}={short(value)} has invalid json format!")
             return None
 
