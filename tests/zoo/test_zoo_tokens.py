@@ -186,6 +186,35 @@ def test_hand_edits_are_picked_up_and_a_corrupt_edit_is_never_overwritten(zoo: Z
     assert zoo.http.post(API + "/tokens", headers={"token": zoo.admin}).status_code == 200
 
 
+def test_a_file_emptied_by_an_editor_opens_no_bootstrap(zoo: Zoo) -> None:
+    path = zoo.root / "tokens.json"
+    saved = path.read_text()
+    path.write_text("")  # an editor truncates, then writes
+    try:
+        assert zoo.http.post(API + "/tokens", params={"is_admin": "true"}).status_code == 401
+        assert zoo.http.get(API + "/zoos/acme", headers={"token": zoo.admin}).status_code == 200
+        assert path.read_text() == ""
+    finally:
+        path.write_text(saved)
+    assert zoo.http.post(API + "/tokens", headers={"token": zoo.admin}).status_code == 200
+
+
+def test_a_symlinked_tokens_file_is_written_where_it_points(tmp_path: Path) -> None:
+    root, secrets = tmp_path / "zoo", tmp_path / "secrets"
+    root.mkdir()
+    secrets.mkdir()
+    (secrets / "tokens.json").write_text(json.dumps({"admin-token": {"is_admin": True, "zoos": []}}))
+    (root / "tokens.json").symlink_to(secrets / "tokens.json")
+    server = start_zoo(tmp_path / "home", root)
+    try:
+        made = httpx.post(server.url + API + "/tokens", headers={"token": "admin-token"})
+        assert made.status_code == 200, made.text
+    finally:
+        server.stop()
+    assert (root / "tokens.json").is_symlink()
+    assert made.json()["token"] in json.loads((secrets / "tokens.json").read_text())
+
+
 def test_kernel_jwts_with_zoo_scopes_are_accepted(zoo: Zoo) -> None:
     issuer = kernel.TokenIssuer(SECRET)
     admin = issuer.issue("ops", ["zoo"], 60)

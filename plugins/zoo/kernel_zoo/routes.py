@@ -157,6 +157,8 @@ async def token_create(request: Request) -> TokenEntry:
     if not store.empty():
         k: kernel.Kernel = request.app.state["kernel"]
         principal = await k.auth.authenticate(request, request.route_handler.opt.get("kernel_plugin"))
+        if principal is None or not principal.allows(auth.ADMIN):  # before a change is even tried
+            raise kernel.Unauthorized("Token does not have admin rights")
 
     def edit(tokens: dict[str, TokenValue]) -> TokenEntry:
         if tokens and (principal is None or not principal.allows(auth.ADMIN)):

@@ -62,7 +62,6 @@ class TokenStore:
 
     def __init__(self, root: Path) -> None:
         self.path = root / FILE
-        self._storage = kernel.FileStorage(root)
         self._tokens: dict[str, TokenValue] = {}
         self._stamp: tuple[int, int, int] | None = None
         self._broken: str | None = None
@@ -87,8 +86,12 @@ class TokenStore:
             return
         try:
             data = self.path.read_bytes()
+            if not data.strip() and self._tokens:
+                # An editor truncates the file before writing it: an empty file must not
+                # open the first-admin bootstrap to anyone meanwhile.
+                raise ValueError("the file is empty")
             tokens = _decoder.decode(data) if data.strip() else {}
-        except (OSError, msgspec.DecodeError) as exc:
+        except (OSError, ValueError) as exc:  # msgspec.DecodeError is a ValueError
             if self._broken is None:
                 log.error("%s is not valid (%s); keeping the last good tokens until it is fixed", FILE, exc)
             self._broken, self._stamp = str(exc), stamp
@@ -96,6 +99,12 @@ class TokenStore:
         if self._stamp is not None:
             log.info("%s changed on disk; %d token(s) loaded", FILE, len(tokens))
         self._tokens, self._stamp, self._broken = tokens, stamp, None
+
+    def _write(self, data: bytes) -> None:
+        """Atomically, in the file's own folder: the zoo's, or that of the file a symlinked
+        tokens.json points to (a mounted secret), which is written and stays linked."""
+        target = self.path.resolve()
+        kernel.FileStorage(target.parent).write(target.name, data)
 
     def get(self, token: str) -> TokenValue | None:
         self._refresh()
@@ -112,11 +121,11 @@ class TokenStore:
         async with self._lock:
             self._refresh()
             if self._broken:
-                raise kernel.Unavailable(f"{FILE} is not valid JSON; fix it by hand before changing tokens")
+                raise kernel.Unavailable(f"{FILE} is not valid ({self._broken}); fix it by hand before changing tokens")
             tokens = {k: TokenValue(v.is_admin, list(v.zoos)) for k, v in self._tokens.items()}
             entry = edit(tokens)
             data = msgspec.json.format(_encoder.encode(tokens), indent=2) + b"\n"
-            await asyncio.to_thread(self._storage.write, FILE, data)
+            await asyncio.to_thread(self._write, data)
             st = os.stat(self.path)
             self._tokens, self._stamp = tokens, (st.st_ino, st.st_size, st.st_mtime_ns)
             return entry
