@@ -18,7 +18,7 @@ import grpc
 from kernel import InvalidInput, KernelError, datatype_name
 from kernel_oip.proto import grpc_service_pb2 as pb
 from kernel_oip.proto import grpc_service_pb2_grpc as pb_grpc
-from kernel_oip.service import INFER, READ, REPOSITORY, OipService, WireTensor
+from kernel_oip.service import INFER, READ, REPOSITORY, OipService, WireTensor, check_input_parameters
 from kernel_oip.tensors import raw, select_outputs
 
 log = logging.getLogger("kernel.oip.grpc")
@@ -120,13 +120,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         plan = service.plan(session)
         wanted = [o.name for o in request.outputs]
         for output in request.outputs:
-            if output.name not in plan.output_names:
-                raise InvalidInput(f"unknown output {output.name!r}; the model gives {sorted(plan.output_names)}")
-            # Refused as over REST: answering a plain tensor would look like success.
-            if "classification" in output.parameters:
-                raise InvalidInput(f"output {output.name!r}: the classification extension is not supported")
-            if "shared_memory_region" in output.parameters:
-                raise InvalidInput(f"output {output.name!r}: shared memory is not supported")
+            plan.check_output(output.name, output.parameters)
         inputs = service.decode(plan, _wire_inputs(request))
         results = select_outputs(await service.infer(model, plan, inputs), wanted)
         # Built in one constructor call: protobuf takes bytes only, so each output is copied
@@ -171,8 +165,7 @@ def _wire_inputs(request: Any) -> list[WireTensor]:
         )
     tensors = []
     for i, tensor in enumerate(request.inputs):
-        if "shared_memory_region" in tensor.parameters:
-            raise InvalidInput(f"input {tensor.name!r}: shared memory is not supported; send the data")
+        check_input_parameters(tensor.name, tensor.parameters)
         if raws and tensor.HasField("contents"):
             raise InvalidInput(f"input {tensor.name!r} has both contents and raw_input_contents")
         if raws:

@@ -9,7 +9,6 @@ the header's length. Answers use the same layout for outputs asked with `binary_
 from __future__ import annotations
 
 import zlib
-from collections.abc import Set as AbstractSet
 from typing import Any
 
 import msgspec
@@ -22,7 +21,16 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 import kernel
 from kernel import BadRequest, InvalidInput, PayloadTooLarge, Unavailable
-from kernel_oip.service import INFER, READ, REPOSITORY, JsonData, OipService, WireTensor
+from kernel_oip.service import (
+    INFER,
+    READ,
+    REPOSITORY,
+    JsonData,
+    OipService,
+    Plan,
+    WireTensor,
+    check_input_parameters,
+)
 from kernel_oip.tensors import as_json_data, raw
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -127,7 +135,7 @@ def router(service: OipService) -> Router:
         name = path["name"]
         model, session = await service.session(name, path.get("version"))
         plan = service.plan(session)
-        outputs_binary = _requested_outputs(req, plan.output_names)
+        outputs_binary = _requested_outputs(req, plan)
         inputs = service.decode(plan, _wire_inputs(req.inputs, binary))
         results = await service.infer(model, plan, inputs)
         wanted = outputs_binary or {n: req.parameters.get("binary_data_output") is True for n in results}
@@ -237,8 +245,7 @@ def _wire_inputs(inputs: list[_Input], binary: memoryview) -> list[WireTensor]:
     tensors, offset = [], 0
     for tensor in inputs:
         params = tensor.parameters
-        if "shared_memory_region" in params:
-            raise InvalidInput(f"input {tensor.name!r}: shared memory is not supported; send the data")
+        check_input_parameters(tensor.name, params)
         size = params.get("binary_data_size")
         data = None if tensor.data is None else JsonData(tensor.data)
         if size is None:
@@ -262,17 +269,12 @@ def _wire_inputs(inputs: list[_Input], binary: memoryview) -> list[WireTensor]:
     return tensors
 
 
-def _requested_outputs(req: _InferRequest, names: AbstractSet[str]) -> dict[str, bool]:
+def _requested_outputs(req: _InferRequest, plan: Plan) -> dict[str, bool]:
     """Requested output -> whether it goes back as binary data; empty for all outputs."""
     default = req.parameters.get("binary_data_output") is True
     wanted: dict[str, bool] = {}
     for output in req.outputs:
-        if output.name not in names:
-            raise InvalidInput(f"unknown output {output.name!r}; the model gives {sorted(names)}")
-        if output.parameters.get("classification"):
-            raise InvalidInput(f"output {output.name!r}: the classification extension is not supported")
-        if "shared_memory_region" in output.parameters:
-            raise InvalidInput(f"output {output.name!r}: shared memory is not supported")
+        plan.check_output(output.name, output.parameters)
         wanted[output.name] = output.parameters.get("binary_data", default) is True
     return wanted
 

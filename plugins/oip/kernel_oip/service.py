@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -75,6 +75,24 @@ class Plan:
         self.batchable = bool(session.inputs) and all(
             info.shape and info.shape[0] == -1 for info in (*session.inputs, *session.outputs)
         )
+
+    def check_output(self, name: str, parameters: Mapping[str, Any]) -> None:
+        """Refuse a requested output the model lacks, or one asked for with an extension
+        that is not served: answering a plain tensor would look like success. `parameters`
+        are REST's JSON object or gRPC's map (`get` gives a value or a message, either
+        true when the parameter is set)."""
+        if name not in self.output_names:
+            raise InvalidInput(f"unknown output {name!r}; the model gives {sorted(self.output_names)}")
+        if parameters.get("classification"):
+            raise InvalidInput(f"output {name!r}: the classification extension is not supported")
+        if "shared_memory_region" in parameters:
+            raise InvalidInput(f"output {name!r}: shared memory is not supported")
+
+
+def check_input_parameters(name: str, parameters: Mapping[str, Any]) -> None:
+    """Refuse an input whose data would be in shared memory (REST or gRPC parameters)."""
+    if "shared_memory_region" in parameters:
+        raise InvalidInput(f"input {name!r}: shared memory is not supported; send the data")
 
 
 class OipService:

@@ -3,8 +3,8 @@
 Raw bytes (the REST binary extension, gRPC `raw_input_contents`) become arrays with
 `np.frombuffer`, never element by element; only JSON lists and gRPC typed contents,
 which are lists by nature, go through `np.array`. JSON data is checked against the model's
-datatype, strictly, before NumPy sees it. BYTES tensors use the
-protocol's raw layout: each element a 4-byte little-endian length followed by its bytes.
+datatype, strictly, before NumPy sees it. BYTES tensors use the protocol's raw layout: each
+element a 4-byte little-endian length followed by its bytes.
 """
 
 from __future__ import annotations
