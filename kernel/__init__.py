@@ -32,6 +32,7 @@ from kernel.hookimpl import hookimpl
 from kernel.options import OptionGroup
 from kernel.registry import Model, ModelRegistry, ModelSource, ModelSpec, file_revision
 from kernel.storage import FileStorage, InvalidKey, Storage, check_key, fsync_dir
+from kernel.zerocopy import send_file
 
 __all__ = [
     "DATATYPES", "DEFAULT_PLUGINS", "Backend", "BadRequest", "Conflict", "FileStorage",
@@ -39,6 +40,6 @@ __all__ = [
     "ModelRegistry", "ModelSource", "ModelSpec", "NotFound", "OptionGroup", "PayloadTooLarge",
     "Principal", "Session", "StartupError", "Storage", "TensorInfo", "TokenIssuer",
     "Unauthorized", "Unavailable", "__version__", "bearer_token", "check_key", "create_kernel",
-    "datatype_name", "detail_shape", "error_handlers", "file_revision", "fsync_dir", "hookimpl", "requires",
+    "datatype_name", "detail_shape", "error_handlers", "file_revision", "fsync_dir", "hookimpl", "requires", "send_file",
     "validate_inputs",
 ]

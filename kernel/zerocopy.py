@@ -15,6 +15,9 @@ of the window from `loop.sendfile`, which waits on the event loop without holdin
 thread (the window read in first, by a thread, when it is not in memory). On TLS every
 window goes through `loop.sendfile`, which encrypts through the transport.
 
+Plugins call `send_file`, which uses the extension where it is offered and reads the file
+in chunks elsewhere.
+
 The extension is offered only where uvicorn's HTTP cycle looks as expected (its `send`
 is a bound method of an object holding the transport and the bytes still owed); any
 other server, or another uvicorn layout, serves the app unchanged.
@@ -86,7 +89,7 @@ class _ZeroCopySend:
         cycle = self._cycle
         if not cycle.response_started or cycle.chunked_encoding or cycle.scope["method"] == "HEAD":
             # No header yet, chunk framing, or no body at all: uvicorn's own writes decide.
-            await self._send_read(file, offset, count, more_body)
+            await _send_chunks(self._send, file, offset, count, more_body)
             return
         if cycle.disconnected:
             return
@@ -104,16 +107,30 @@ class _ZeroCopySend:
         cycle.expected_content_length -= sent
         await self._send({"type": "http.response.body", "body": b"", "more_body": more_body})
 
-    async def _send_read(self, file: Any, offset: int, count: int | None, more_body: bool) -> None:
-        file.seek(offset)
-        while True:
-            chunk = file.read(CHUNK if count is None else min(CHUNK, count))
-            if count is not None:
-                count -= len(chunk)
-            last = not chunk or count == 0
-            await self._send({"type": "http.response.body", "body": chunk, "more_body": more_body or not last})
-            if last:
-                return
+
+async def send_file(scope: Scope, send: Send, file: Any, offset: int = 0, count: int | None = None) -> None:
+    """Send `count` bytes of the open binary `file` from `offset` (None: to its end) as the
+    rest of a response's body, after its `http.response.start`: with `sendfile(2)` where the
+    server offers the zero-copy send extension (`kernel serve` does), read in chunks where
+    it does not (Litestar's test client, another ASGI server)."""
+    if ZEROCOPY_SEND in (scope.get("extensions") or {}):
+        await send({"type": ZEROCOPY_SEND, "file": file, "offset": offset, "count": count})  # type: ignore[typeddict-item]
+    else:
+        await _send_chunks(send, file, offset, count, more_body=False)
+
+
+async def _send_chunks(send: Send, file: Any, offset: int, count: int | None, more_body: bool) -> None:
+    """The bytes as body messages of CHUNK bytes, each read at its offset (from the page
+    cache that is faster than a hop to a worker thread per chunk)."""
+    fd = file.fileno()
+    end = os.fstat(fd).st_size if count is None else offset + count
+    while True:
+        data = os.pread(fd, min(CHUNK, end - offset), offset) if offset < end else b""
+        offset += len(data)
+        last = not data or offset >= end
+        await send({"type": "http.response.body", "body": data, "more_body": more_body or not last})
+        if last:
+            return
 
 
 async def _sendfile(transport: asyncio.Transport, file: Any, offset: int, count: int | None) -> int:

@@ -19,15 +19,14 @@ from typing import Any
 
 import msgspec
 from litestar.datastructures import ETag
-from litestar.enums import ASGIExtension
 from litestar.response import File
 from litestar.response.file import ASGIFileResponse
 from litestar.types import Receive, Scope, Send
 
+import kernel
 from kernel_zoo.archives import identity
 
 CHUNK = 4 * 1024 * 1024
-ZEROCOPY_SEND = ASGIExtension.ZERO_COPY_SEND_EXTENSION.value
 #: More spans than this in one `Range` are answered with the whole file, as Starlette does.
 MAX_RANGES = 100
 
@@ -93,24 +92,9 @@ class _ArchiveSender:
             await response.start_response(send)
             if response.is_head_response:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-            elif ZEROCOPY_SEND in (scope.get("extensions") or {}):
-                await send({"type": ZEROCOPY_SEND, "file": file, "offset": start,  # type: ignore[typeddict-item]
-                            "count": count, "more_body": False})
             else:
-                await _send_read(send, file.fileno(), start, count)
+                await kernel.send_file(scope, send, file, start, count)
         await response.after_response()
-
-
-async def _send_read(send: Send, fd: int, offset: int, count: int) -> None:
-    end = offset + count
-    while True:
-        # Reading the page cache is faster than a hop to a worker thread per chunk.
-        data = os.pread(fd, min(CHUNK, end - offset), offset)
-        offset += len(data)
-        last = not data or offset >= end
-        await send({"type": "http.response.body", "body": data, "more_body": not last})
-        if last:
-            return
 
 
 async def _send_error(send: Send, error: RangeError) -> None:
