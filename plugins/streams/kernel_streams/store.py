@@ -133,9 +133,10 @@ class StreamStore:
         """Append entries (stream, XADD id, data); their new ids, in order.
 
         One pipelined write of XADDs (packed by the connection, large entries passed as
-        memoryviews without a copy), the replies read back one by one; without MULTI/EXEC: a transaction would not undo an entry Redis refuses either,
-        and only spares a retry after a lost connection re-adding the entries that had
-        landed, which at-least-once allows; it cost a reply per entry more.
+        memoryviews without a copy), the replies read back one by one; without MULTI/EXEC:
+        a transaction would not undo an entry Redis refuses either, and only spares a retry
+        after a lost connection re-adding the entries that had landed, which at-least-once
+        allows; it cost a reply per entry more.
         """
 
         async def op() -> list[Any]:
