@@ -35,8 +35,13 @@ class LocalWorker:
         while not stop.is_set():
             try:
                 await self._one(stop)
-            except Exception:  # a store outage must not end the worker for good
-                log.exception("the worker for model %s failed; retrying in %.0f s", self.endpoint.model, TAKE_SECONDS)
+            except Exception as exc:  # a store outage must not end the worker for good
+                if isinstance(exc, kernel.Unavailable):  # the store said what; no traceback
+                    log.warning("the worker for model %s: %s; retrying in %.0f s", self.endpoint.model, exc.detail,
+                                TAKE_SECONDS)
+                else:
+                    log.exception("the worker for model %s failed; retrying in %.0f s", self.endpoint.model,
+                                  TAKE_SECONDS)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), TAKE_SECONDS)
 

@@ -10,17 +10,29 @@ the id from the queue to the run list in one command (BLMOVE), so a process that
 right after still leaves it where the sweep finds and requeues it. Every change of state
 is one Lua script, so two processes never both finish, claim or requeue a job. Nested
 values (job data, progress, result) travel as JSON strings inside the job, because Lua's
-JSON codec cannot tell an empty list from an empty object.
+JSON codec cannot tell an empty list from an empty object. A Redis that cannot be reached
+is `kernel.Unavailable` (503) to whoever asked, never an internal error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+import kernel
 from kernel_jobs.store import Job, Store, next_mean
+
+log = logging.getLogger("kernel.jobs")
+C = TypeVar("C", bound=type)
 
 NESTED = ("data", "progress", "result")
 
@@ -193,6 +205,27 @@ return 0
 """
 
 
+def _unavailable(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(method)
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(*args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            log.error("jobs: Redis unreachable: %s", exc)  # the client is told no more than that
+            raise kernel.Unavailable("the job store (Redis) cannot be reached; try again") from None
+
+    return call
+
+
+def _store_errors(cls: C) -> C:
+    """Wrap each operation of the `Store` interface with `_unavailable` (not `start`: a
+    Redis missing at startup stops the server with its own message)."""
+    for name in Store.__abstractmethods__:
+        setattr(cls, name, _unavailable(vars(cls)[name]))
+    return cls
+
+
+@_store_errors
 class RedisStore(Store):
     def __init__(self, url: str, prefix: str, job_types: list[str]) -> None:
         self.url = url
@@ -201,9 +234,9 @@ class RedisStore(Store):
         self.redis: Any = None
 
     async def start(self) -> None:
-        import redis.asyncio as redis  # imported here: the server starts fast without Redis
-
-        self.redis = redis.Redis.from_url(self.url)
+        # RESP2: with RESP3, redis-py (8.x) skips its check for connections Redis closed
+        # (a restart) and sends the next command down the dead one
+        self.redis = aioredis.Redis.from_url(self.url, protocol=2)
         await self.redis.ping()
         self._submit = self.redis.register_script(SUBMIT)
         self._start = self.redis.register_script(START)
