@@ -47,6 +47,12 @@ class OnnxRuntimeSession(Session):
         self.outputs = [tensor_info(arg) for arg in session.get_outputs()]
         self._output_names = [info.name for info in self.outputs]
         self.memory_bytes = memory_bytes
+        # A failed run comes back as an exception, which the server reports through its log;
+        # onnxruntime would also print it to stderr, unformatted and in colour.
+        import onnxruntime
+
+        self._run_options = onnxruntime.RunOptions()
+        self._run_options.log_severity_level = 4  # fatal only
 
     @property
     def providers(self) -> list[str]:
@@ -60,7 +66,7 @@ class OnnxRuntimeSession(Session):
                 for name, value in inputs.items()}
         # onnxruntime's run is thread-safe, so no lock.
         try:
-            values = self._session.run(self._output_names, feed)
+            values = self._session.run(self._output_names, feed, self._run_options)
         except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no useful base class
             message = _RUNTIME_PREFIX.sub("", str(exc)).strip()
             if type(exc).__name__ == "InvalidArgument":  # inputs the graph cannot take (a shape too small)
