@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -61,12 +62,13 @@ class CoralBackend(Backend):
         except NotTFLite as exc:
             raise ValueError(f"model {spec.qualified}: {path} is not a TFLite model: {exc}") from None
         threads = _threads(spec, self.config.threads)
+        build = functools.partial(cpu_interpreter, str(path), threads)
         interpreter = None
         if spec.processor == "tpu" or needs_tpu:
+            on_tpu = functools.partial(tpu_interpreter, str(path), threads, self.config.delegate, self.config.device)
             try:
-                interpreter = tpu_interpreter(
-                    str(path), threads, self.config.delegate, self.config.device
-                )
+                interpreter = on_tpu()
+                build = on_tpu
             except NoEdgeTPU as exc:
                 if needs_tpu:
                     raise RuntimeError(
@@ -78,9 +80,9 @@ class CoralBackend(Backend):
             log.warning("model %s: processor %r is not supported; running it on the CPU",
                         spec.qualified, spec.processor)
         if interpreter is None:
-            interpreter = cpu_interpreter(str(path), threads)
+            interpreter = build()
         try:
-            return TFLiteSession(interpreter, memory_bytes=path.stat().st_size)
+            return TFLiteSession(interpreter, build, memory_bytes=path.stat().st_size)
         except (ValueError, RuntimeError) as exc:
             raise RuntimeError(f"model {spec.qualified} cannot be prepared: {exc}") from None
 
