@@ -100,6 +100,11 @@ class PluginSet:
             ) from None
         self.sections[name] = name
 
+    def start_order(self) -> list[str]:
+        """Built-ins, then backends (a plugin's own startup may load a model through one,
+        which must have its config by then), then plugins in the order asked for."""
+        return sorted(self.sections, key=lambda name: (name not in BUILTINS, name not in self.backends))
+
     def info(self, name: str) -> PluginInfo | None:
         return next((i for i in [*self.plugins, *self.backend_infos] if i.name == name), None)
 
@@ -276,7 +281,7 @@ class Kernel:
         if self.config.kernel.token_secret is not None:
             check_secret(self.config.kernel.token_secret)  # not only when a token is first checked
         await self.registry.rescan()
-        for name in self.plugin_set.sections:
+        for name in self.plugin_set.start_order():
             results = self.plugin_set.call(name, "kernel_startup", kernel=self)
             self._started.append(name)
             for result in results:

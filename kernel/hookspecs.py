@@ -107,9 +107,10 @@ def kernel_startup(kernel: Kernel) -> None:
     """Start what this plugin runs beside the HTTP server (a gRPC server, a connection
     pool, background tasks). May return an awaitable.
 
-    Called once, in `--plugins` order, after the model registry's first scan and before
-    the server accepts requests. An exception stops the server with a message naming the
-    plugin and its entry point. Since 0.1.
+    Called once, after the model registry's first scan and before the server accepts
+    requests: backends first (so a plugin may load a model through one, configured, in its
+    own startup), then plugins in `--plugins` order. An exception stops the server with a
+    message naming the plugin and its entry point. Since 0.1.
     """
 
 
@@ -117,6 +118,6 @@ def kernel_startup(kernel: Kernel) -> None:
 def kernel_shutdown(kernel: Kernel) -> None:
     """Stop what `kernel_startup` started. May return an awaitable.
 
-    Called once, in reverse `--plugins` order; exceptions are logged and the remaining
-    plugins still shut down. Since 0.1.
+    Called once, in the reverse of the startup order (plugins, then backends); exceptions
+    are logged and the remaining plugins still shut down. Since 0.1.
     """

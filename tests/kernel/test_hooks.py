@@ -249,6 +249,31 @@ def test_hook_kernel_shutdown(tmp_path):
     assert events[-2:] == ["stop two", "stop one"]
 
 
+def test_backends_start_before_plugins_and_stop_after_them(tmp_path):
+    # A plugin warming a model up in its own startup gets a backend that has its config.
+    events: list[str] = []
+
+    class Configured(kernel.Backend):
+        formats = frozenset({"cfg"})
+
+        def load(self, spec):
+            raise NotImplementedError
+
+        @kernel.hookimpl
+        def kernel_startup(self, kernel):
+            events.append("start backend")
+
+        @kernel.hookimpl
+        def kernel_shutdown(self, kernel):
+            events.append("stop backend")
+
+    k = kernel.create_kernel([], extra={"one": Lifecycle("one", events)}, backends={"configured": Configured},
+                             options={"kernel": {"state_dir": str(tmp_path / "state")}})
+    with TestClient(k.app):
+        pass
+    assert events == ["start backend", "start one models=0", "stop one", "stop backend"]
+
+
 def _specs() -> list[str]:
     return [name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("kernel_")]
 
