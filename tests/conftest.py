@@ -24,17 +24,27 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+#: Where the `test_plugins` fixture installed the test plugins, once it has.
+_TEST_SITE: list[str] = []
+
+
 @pytest.fixture(scope="session")
-def test_plugins() -> None:
-    """Install the example plugin and the misbehaving test plugins, as a user would.
+def test_plugins(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Install the example plugin and the misbehaving test plugins, as a user would, but in
+    a folder of their own put on the path of this process and of the servers started after
+    (`kernel_env`): in the project's environment they would stay behind, and every later
+    `kernel serve` there would list the broken ones as problems.
 
     A regular (not editable) install: an editable one is importable only by interpreters
     started after it, and in-process tests need them in this one too."""
+    site = tmp_path_factory.mktemp("test-plugins")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--force-reinstall", str(REPO / "examples" / "kernel-hello"), str(REPO / "tests" / "testplugins")],
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site),
+         str(REPO / "examples" / "kernel-hello"), str(REPO / "tests" / "testplugins")],
         check=True, capture_output=True,
     )
+    sys.path.insert(0, str(site))
+    _TEST_SITE.append(str(site))
     importlib.invalidate_caches()
     # stevedore keeps the entry points it saw in this process (per group, and per sys.path
     # underneath); let it look again.
@@ -53,6 +63,8 @@ def free_port() -> int:
 def kernel_env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KERNEL_")}
     env.update(HOME=str(home), XDG_STATE_HOME=str(home / "state"), **extra)
+    if _TEST_SITE:
+        env["PYTHONPATH"] = os.pathsep.join([*_TEST_SITE, *filter(None, [env.get("PYTHONPATH")])])
     return env
 
 
