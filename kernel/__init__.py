@@ -15,6 +15,7 @@ from kernel.backends import (
     datatype_name,
     validate_inputs,
 )
+from kernel.config import ByteSize, byte_size
 from kernel.errors import (
     BadRequest,
     Conflict,
@@ -35,11 +36,11 @@ from kernel.storage import FileStorage, InvalidKey, Storage, check_key, fsync_di
 from kernel.zerocopy import send_file
 
 __all__ = [
-    "DATATYPES", "DEFAULT_PLUGINS", "Backend", "BadRequest", "Conflict", "FileStorage",
+    "DATATYPES", "DEFAULT_PLUGINS", "Backend", "BadRequest", "ByteSize", "Conflict", "FileStorage",
     "Forbidden", "InvalidInput", "InvalidKey", "Kernel", "KernelError", "Model", "ModelError",
     "ModelRegistry", "ModelSource", "ModelSpec", "NotFound", "OptionGroup", "PayloadTooLarge",
     "Principal", "Session", "StartupError", "Storage", "TensorInfo", "TokenIssuer",
-    "Unauthorized", "Unavailable", "__version__", "bearer_token", "check_key", "create_kernel",
+    "Unauthorized", "Unavailable", "__version__", "bearer_token", "byte_size", "check_key", "create_kernel",
     "datatype_name", "detail_shape", "error_handlers", "file_revision", "fsync_dir", "hookimpl", "requires", "send_file",
     "validate_inputs",
 ]

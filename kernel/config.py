@@ -21,6 +21,25 @@ import msgspec
 from kernel.errors import StartupError
 from kernel.options import KERNEL, flag_of
 
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+_BYTES = {"kernel": "bytes"}
+
+#: A config field counted in bytes: in the TOML file and the environment it may also be
+#: written as its option takes it (`type=kernel.byte_size`): `512M`, `4G`, `4GiB`.
+ByteSize = Annotated[int, msgspec.Meta(ge=1, extra=_BYTES)]
+
+
+def byte_size(value: str) -> int:
+    """Bytes from `1048576`, `512K`, `512M`, `4G`, `4GiB` (units of 1024)."""
+    match = _SIZE_RE.match(value)
+    if not match or int(match.group(1)) == 0:
+        raise ValueError(f"invalid size {value!r}: use bytes or a K, M, G, T suffix")
+    return int(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+byte_size.__name__ = "size"  # argparse names the type in its error message
+
 
 def default_state_dir() -> str:
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
@@ -54,9 +73,9 @@ class KernelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Loaded models kept at most (least recently used evicted first); None = no limit.
     max_models: Annotated[int, msgspec.Meta(ge=1)] | None = None
     #: Bytes of loaded models kept at most; None = no limit.
-    max_model_bytes: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_model_bytes: ByteSize | None = None
     #: Largest request body accepted, in bytes (a plugin may allow more on its own routes).
-    max_body_size: Annotated[int, msgspec.Meta(ge=1)] = 64 * 1024 * 1024
+    max_body_size: ByteSize = 64 * 1024 * 1024
     #: WebSocket per-message compression; off by default, since binary frames (images,
     #: tensors) rarely shrink and compressing them costs more than sending them.
     ws_compression: bool = False
@@ -86,6 +105,24 @@ def _is_sequence(t: msgspec.inspect.Type) -> bool:
     return isinstance(t, (msgspec.inspect.ListType, msgspec.inspect.TupleType,
                           msgspec.inspect.VarTupleType, msgspec.inspect.SetType,
                           msgspec.inspect.FrozenSetType))
+
+
+def _is_bytes(t: msgspec.inspect.Type) -> bool:
+    if isinstance(t, msgspec.inspect.UnionType):
+        return any(_is_bytes(x) for x in t.types)
+    return isinstance(t, msgspec.inspect.Metadata) and t.extra == _BYTES
+
+
+def _from_text(field: msgspec.inspect.Field | None, value: Any) -> Any:
+    """A TOML or environment string as its field takes it: a comma-separated list for a
+    list, a size with a unit for a `ByteSize` (a bad one raises ValueError)."""
+    if field is None or not isinstance(value, str):
+        return value
+    if _is_sequence(field.type):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    if _is_bytes(field.type):
+        return byte_size(value)
+    return value
 
 
 def _fields(struct: type | None) -> dict[str, msgspec.inspect.Field]:
@@ -128,19 +165,29 @@ def build_config(
         values[section][key] = value
         origins[(section, key)] = origin
 
+    def put_text(section: str, key: str, value: Any, origin: str) -> None:
+        try:
+            value = _from_text(_fields(schemas[section]).get(key), value)
+        except ValueError as exc:
+            raise StartupError(f"{origin}: invalid value for {key}: {exc}") from None
+        put(section, key, value, origin)
+
     if file:
         for key, value in read_toml(file).items():
             if isinstance(value, dict) and key != KERNEL and (key in schemas or key in ignore_sections):
-                if key in schemas:
-                    for sub, v in value.items():
-                        put(key, sub, v, f"config file {file}, [{key}] {sub}")
+                known = _fields(schemas.get(key))
+                for sub, v in value.items() if key in schemas else ():
+                    if schemas[key] is not None and sub not in known:  # a typo would go unnoticed
+                        raise StartupError(f"config file {file}: unknown key {sub!r} in [{key}]; "
+                                           f"known: {', '.join(sorted(known)) or 'none'}")
+                    put_text(key, sub, v, f"config file {file}, [{key}] {sub}")
             elif isinstance(value, dict) and key not in _fields(KernelConfig):
                 raise StartupError(
                     f"config file {file}: unknown section [{key}]; loaded plugins: "
                     f"{', '.join(sorted(set(schemas) - {KERNEL})) or 'none'}"
                 )
             else:
-                put(KERNEL, key, value, f"config file {file}, key {key}")
+                put_text(KERNEL, key, value, f"config file {file}, key {key}")
 
     env = os.environ if environ is None else environ
     plugin_sections = sorted((s for s in schemas if s != KERNEL), key=len, reverse=True)
@@ -156,10 +203,7 @@ def build_config(
         field = _fields(schemas[section]).get(key)
         if field is None and schemas[section] is not None:
             continue  # not ours: other programs may use KERNEL_ variables too
-        value: Any = raw
-        if field is not None and _is_sequence(field.type):
-            value = [item.strip() for item in raw.split(",") if item.strip()]
-        put(section, key, value, f"environment variable {var}")
+        put_text(section, key, raw, f"environment variable {var}")
 
     for section, given in (options or {}).items():
         for key, value in given.items():

@@ -35,6 +35,9 @@ class OptionGroup:
         """
         if "dest" in kwargs:
             raise StartupError(f"plugin {self.section!r}: options may not set dest; the key comes from the flag")
+        if "default" in kwargs:
+            raise StartupError(f"plugin {self.section!r}: options may not set default; it belongs in the "
+                               "config section's Struct, which every layer shares")
         prefix = "--" if self.section == KERNEL else f"--{self.section}-"
         if not flags or not flags[0].startswith(prefix) or len(flags[0]) <= len(prefix):
             raise StartupError(

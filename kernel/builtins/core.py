@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from kernel.config import byte_size
 from kernel.hookimpl import hookimpl
 from kernel.options import OptionGroup
 
@@ -38,8 +39,8 @@ def kernel_add_options(group: OptionGroup) -> None:
     group.add_option("--infer-queue", type=int, metavar="N",
                      help="inference requests that may wait for a thread before the server answers 503 (default: 64)")
     group.add_option("--max-models", type=int, metavar="N", help="loaded models kept at most, least recently used evicted")
-    group.add_option("--max-model-bytes", type=int, metavar="BYTES", help="memory of loaded models kept at most")
-    group.add_option("--max-body-size", type=int, metavar="BYTES", help="largest request body (default: 64 MiB)")
+    group.add_option("--max-model-bytes", type=byte_size, metavar="SIZE", help="memory of loaded models kept at most, e.g. 2G")
+    group.add_option("--max-body-size", type=byte_size, metavar="SIZE", help="largest request body, e.g. 16M (default: 64M)")
     group.add_option("--shutdown-timeout", type=float, metavar="SECONDS",
                      help="how long a stopping server waits for open requests and WebSockets (default: 5)")
     group.add_option("--ws-compression", action=argparse.BooleanOptionalAction,

@@ -10,6 +10,7 @@ import httpx
 import jwt
 import pytest
 
+import kernel
 from tests.conftest import run_kernel
 
 pytestmark = pytest.mark.usefixtures("test_plugins")
@@ -83,6 +84,10 @@ def test_help_groups_every_installed_plugins_options(tmp_path):
         ([], {}, "[hello]\ngreeting = 3\n", "[hello] greeting: invalid value for greeting"),
         ([], {}, "[nosuch]\nx = 1\n", "unknown section [nosuch]"),
         ([], {}, "portt = 1\n", "unknown key 'portt'"),
+        ([], {}, "[hello]\ngreetin = 'x'\n", "[hello]; known: greeting"),
+        ([], {}, "max_body_size = '5X'\n", "key max_body_size: invalid value for max_body_size: invalid size '5X'"),
+        ([], {"KERNEL_MAX_BODY_SIZE": "lots"}, None, "KERNEL_MAX_BODY_SIZE: invalid value for max_body_size"),
+        (["--max-body-size", "0"], {}, None, "argument --max-body-size: invalid size value"),
         ([], {}, "port = \n", "not valid TOML"),
     ],
 )
@@ -93,6 +98,13 @@ def test_bad_config_names_where_it_came_from(tmp_path, args, env, config, expect
     result = run_kernel(["serve", "--plugins", "hello", *args], tmp_path, **env)
     assert result.returncode != 0
     assert expected in result.stderr
+
+
+def test_sizes_and_lists_are_written_alike_in_every_layer(tmp_path):
+    (tmp_path / "kernel.toml").write_text('model_dir = "a, b"\nmax_model_bytes = "2G"\n')
+    config = kernel.create_kernel([], config_file=str(tmp_path / "kernel.toml"), environ={"KERNEL_MAX_BODY_SIZE": "16MiB"},
+                                  options={"kernel": {"state_dir": str(tmp_path / "state")}}).config.kernel
+    assert (config.model_dir, config.max_model_bytes, config.max_body_size) == (["a", "b"], 2 << 30, 16 << 20)
 
 
 def test_config_layers_defaults_file_environment_options(tmp_path, serve):

@@ -66,6 +66,14 @@ def test_hook_kernel_add_options(tmp_path):
     with pytest.raises(kernel.StartupError, match="--name is claimed by both plugin 'greet' and plugin 'other'"):
         build_parser(load_plugins([], {"greet": Greet(), "other": SameAlias()}))
 
+    class OwnDefault:
+        @kernel.hookimpl
+        def kernel_add_options(self, group):
+            group.add_option("--own-times", type=int, default=3)
+
+    with pytest.raises(kernel.StartupError, match="may not set default; it belongs in the config section's Struct"):
+        build_parser(load_plugins([], {"own": OwnDefault()}))
+
 
 def test_hook_kernel_config_section(tmp_path):
     k = make(tmp_path, {"greet": Greet()})
