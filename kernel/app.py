@@ -30,7 +30,7 @@ from kernel.__about__ import __version__
 from kernel.auth import Auth, check_secret
 from kernel.backends import Backend
 from kernel.config import Config, build_config
-from kernel.discovery import BACKENDS, PLUGINS, STORAGE, PluginInfo, load, load_all
+from kernel.discovery import NAME_RE, PLUGINS, STORAGE, PluginInfo, load, load_backends
 from kernel.errors import StartupError
 from kernel.errors_http import ErrorShape, error_handlers
 from kernel.inference import InferencePool
@@ -46,7 +46,6 @@ log = logging.getLogger("kernel")
 DEFAULT_PLUGINS = ("zoo", "detect", "oip")
 #: Built-in behaviour, registered like any plugin (Datasette's and pytest's way).
 BUILTINS = ("kernel.builtins.core", "kernel.builtins.internal", "kernel.builtins.modeldir")
-_PLUGIN_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 class PluginSet:
@@ -88,7 +87,7 @@ class PluginSet:
             raise StartupError(f"plugin {exc.plugin!r}: {exc}") from None
 
     def _register(self, obj: object, info: PluginInfo, name: str) -> None:
-        if not _PLUGIN_NAME_RE.match(name):
+        if not NAME_RE.match(name):
             raise StartupError(f"{info.kind} name {name!r} must match [a-z][a-z0-9_]*")
         if name in self.sections:
             raise StartupError(f"{info.kind} {name!r} clashes with another plugin of that name")
@@ -158,7 +157,7 @@ def choose_plugins(names: Sequence[str] | None, blocked: Sequence[str] = ()) -> 
     chosen = []
     for name in names:
         if name in blocked:
-            log.warning("plugin %r is blocked by config; not loading it", name)
+            log.warning("plugin %r is blocked (block_plugins); not loading it", name)
         elif name in chosen:
             raise StartupError(f"plugin {name!r} is named twice", exit_code=2)
         else:
@@ -170,8 +169,10 @@ def load_plugins(
     names: Sequence[str],
     extra: Mapping[str, object] | None = None,
     extra_backends: Mapping[str, type[Backend]] | None = None,
+    blocked: Sequence[str] = (),
 ) -> PluginSet:
-    """Load the named feature plugins and every installed backend into one PluginSet.
+    """Load the named feature plugins and every installed backend not `blocked` into one
+    PluginSet.
 
     `extra` and `extra_backends` add in-process plugins and Backend classes by name
     (tests, embedding)."""
@@ -181,7 +182,7 @@ def load_plugins(
         by_name[name] = PluginInfo(name=name, kind="plugin", entry_point="<in-process>", obj=obj)
     ordered = [by_name[n] for n in names if n in by_name]
     ordered += [i for n, i in by_name.items() if n not in names]
-    backends = load_all(BACKENDS)
+    backends = load_backends(blocked)
     for name, cls in (extra_backends or {}).items():
         backends.append(PluginInfo(name=name, kind="backend", entry_point="<in-process>", obj=cls))
     return PluginSet(ordered, backends)

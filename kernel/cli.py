@@ -75,8 +75,9 @@ def _prepare(argv: list[str], prog: str) -> Any:
     if "-h" in argv or "--help" in argv:
         _help(prog, installed)
         sys.exit(0)
-    names = choose_plugins(layered("plugins", known.plugins), layered("block_plugins", known.block_plugins) or ())
-    plugin_set = load_plugins(names)
+    blocked = layered("block_plugins", known.block_plugins) or ()
+    names = choose_plugins(layered("plugins", known.plugins), blocked)
+    plugin_set = load_plugins(names, blocked=blocked)
     parser = build_parser(plugin_set, prog)
     options, unknown = parser.argparser.parse_known_args(argv)
     if unknown:

@@ -1,14 +1,19 @@
 """Finding plugins: stevedore loads entry points, and every failure is loud.
 
 Three groups: `kernel.plugins` (feature plugins, loaded by name in the order given),
-`kernel.backends` (every installed one), `kernel.storage` (by URL scheme, on demand).
-A name that is not installed, an import that fails, or two distributions claiming one
-name is a `StartupError` naming the plugin, its entry point and the cause.
+`kernel.backends` (every installed one not blocked), `kernel.storage` (by URL scheme, on
+demand). A plugin named but not installed, an import that fails, or two distributions
+claiming one name is a `StartupError` naming the plugin, its entry point and the cause. A
+backend that does not import is logged and left out: nobody asked for it by name, and the
+server may not need it.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import logging
+import re
+from collections.abc import Collection
 from typing import Any
 
 import msgspec
@@ -20,6 +25,9 @@ from kernel.errors import StartupError
 
 PLUGINS, BACKENDS, STORAGE = "kernel.plugins", "kernel.backends", "kernel.storage"
 GROUPS = {PLUGINS: "plugin", BACKENDS: "backend", STORAGE: "storage"}
+#: Plugin and backend names: they become option prefixes, config tables and variables.
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+log = logging.getLogger("kernel")
 
 
 class PluginInfo(msgspec.Struct, kw_only=True):
@@ -69,6 +77,8 @@ def survey(group: str) -> list[PluginInfo]:
     manager = ExtensionManager(group, on_load_failure_callback=failed)
     for ext in manager.extensions:
         infos[ext.name] = _info(group, ext.entry_point, obj=ext.plugin)
+        if group != STORAGE and not NAME_RE.match(ext.name):  # storage is named by URL scheme
+            infos[ext.name].error = f"{GROUPS[group]} name {ext.name!r} must match [a-z][a-z0-9_]*"
     return [infos[name] for name in sorted(infos)]
 
 
@@ -106,6 +116,14 @@ def load(group: str, names: list[str]) -> list[PluginInfo]:
     return [_info(group, ext.entry_point, obj=ext.plugin) for ext in manager.extensions]
 
 
-def load_all(group: str) -> list[PluginInfo]:
-    """Load every installed entry point of `group`, or raise StartupError on any failure."""
-    return load(group, sorted(entry_points(group)))
+def load_backends(blocked: Collection[str] = ()) -> list[PluginInfo]:
+    """Every installed backend that imports and is not blocked; the others are logged."""
+    usable = []
+    for info in survey(BACKENDS):
+        if info.name in blocked:
+            log.info("backend %r is blocked (block_plugins); not loading it", info.name)
+        elif info.error:
+            log.error("backend %r (entry point %s) is left out: %s", info.name, info.entry_point, info.error)
+        else:
+            usable.append(info)
+    return usable

@@ -148,6 +148,36 @@ def test_models_shows_name_source_backend_and_state(tmp_path):
     assert "dir.double" in table and "reads npy" in table
 
 
+def test_a_broken_or_blocked_backend_is_left_out_and_a_bad_name_is_reported(tmp_path):
+    import numpy as np
+
+    # a distribution of a broken backend and a plugin with an unusable name, on the path
+    dist = tmp_path / "site" / "kernel_extras-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: kernel-extras\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[kernel.backends]\nbrokenbe = no_such_module:Backend\n\n"
+                                           "[kernel.plugins]\nBad-Name = kernel_hello\n")
+    env = {"PYTHONPATH": str(tmp_path / "site")}
+    rows = {r["name"]: r for r in json.loads(run_kernel(["plugins", "--json"], tmp_path, **env).stdout)}
+    assert "ModuleNotFoundError" in rows["brokenbe"]["error"]
+    assert rows["Bad-Name"]["error"] == "plugin name 'Bad-Name' must match [a-z][a-z0-9_]*"
+    helped = run_kernel(["serve", "--help"], tmp_path, **env)
+    assert helped.returncode == 0 and "--hello-greeting" in helped.stdout
+    assert "plugin Bad-Name" in helped.stdout and "backend brokenbe" in helped.stdout
+
+    models = tmp_path / "models"
+    models.mkdir()
+    np.save(models / "double.npy", 2 * np.eye(3))
+    served = run_kernel(["models", "--plugins", "hello", "--model-dir", str(models), "--json"], tmp_path, **env)
+    assert served.returncode == 0, served.stderr
+    assert "backend 'brokenbe' (entry point no_such_module:Backend) is left out" in served.stderr
+    assert json.loads(served.stdout)[0]["backend"] == "npy"
+    blocked = run_kernel(["models", "--plugins", "hello", "--block-plugins", "npy", "--model-dir", str(models),
+                          "--json"], tmp_path, **env)
+    assert blocked.returncode == 0, blocked.stderr
+    assert json.loads(blocked.stdout) == []  # no installed backend reads .npy files now
+
+
 def test_a_list_in_an_environment_variable_may_have_spaces_after_commas(tmp_path):
     import numpy as np
 
