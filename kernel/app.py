@@ -37,7 +37,7 @@ from kernel.inference import InferencePool
 from kernel.logs import new_request_id, request_id
 from kernel.metrics import Metrics
 from kernel.options import KERNEL, Parser
-from kernel.registry import READY, Model, ModelRegistry, RegistryLimits
+from kernel.registry import READY, Model, ModelRegistry, ModelSource, RegistryLimits
 from kernel.storage import FileStorage, Storage
 
 log = logging.getLogger("kernel")
@@ -125,6 +125,22 @@ class PluginSet:
             raise
         except Exception as exc:
             raise StartupError(f"{self.describe(name)} failed in {hook}: {type(exc).__name__}: {exc}") from exc
+
+    def collect(self, name: str, hook: str, kind: type | None = None, **kwargs: Any) -> list[Any]:
+        """The items of the lists one plugin's hook returns (None counts as none), each a
+        `kind` when given; anything else is a StartupError naming the plugin."""
+        items = []
+        for result in self.call(name, hook, **kwargs):
+            if result is None:
+                continue
+            if not isinstance(result, (list, tuple)):
+                raise StartupError(f"{self.describe(name)}: {hook} must return a list, not {type(result).__name__}")
+            for item in result:
+                if kind is not None and not isinstance(item, kind):
+                    raise StartupError(f"{self.describe(name)}: {hook} returned a {type(item).__name__}, "
+                                       f"not a {kind.__module__.split('.')[0]}.{kind.__name__}")
+            items += result
+        return items
 
     def describe(self, name: str) -> str:
         info = self.info(name)
@@ -237,12 +253,11 @@ class Kernel:
         self.started = False
         self._started: list[str] = []
         for name in plugins.sections:
-            for sources in plugins.call(name, "kernel_model_sources", kernel=self):
-                for source in sources or []:
-                    try:
-                        self.registry.add_source(source)
-                    except ValueError as exc:
-                        raise StartupError(f"{plugins.describe(name)}: {exc}") from None
+            for source in plugins.collect(name, "kernel_model_sources", ModelSource, kernel=self):
+                try:
+                    self.registry.add_source(source)
+                except ValueError as exc:
+                    raise StartupError(f"{plugins.describe(name)}: {exc}") from None
 
     # -- for plugins ---------------------------------------------------------------------
 
@@ -325,8 +340,7 @@ class Kernel:
         routers = []
         claimed: dict[tuple[str, str], str] = {}
         for name in self.plugin_set.sections:
-            handlers = [h for result in self.plugin_set.call(name, "kernel_routes", kernel=self)
-                        for h in (result or [])]
+            handlers = self.plugin_set.collect(name, "kernel_routes", kernel=self)
             if not handlers:
                 continue
             try:

@@ -163,6 +163,20 @@ def test_two_model_sources_with_one_name_stop_startup_naming_the_plugin(tmp_path
         make(tmp_path, {"twice": Twice()})
 
 
+@pytest.mark.parametrize(("returned", "message"), [
+    (lambda: Listing("alpha", ["one"]), "kernel_model_sources must return a list, not Listing"),
+    (lambda: ["alpha"], "kernel_model_sources returned a str, not a kernel.ModelSource"),
+])
+def test_a_hook_returning_the_wrong_thing_stops_startup_naming_the_plugin(tmp_path, returned, message):
+    class Wrong:
+        @kernel.hookimpl
+        def kernel_model_sources(self, kernel):
+            return returned()
+
+    with pytest.raises(kernel.StartupError, match=rf"plugin 'wrong' \(entry point <in-process>\): {message}"):
+        make(tmp_path, {"wrong": Wrong()})
+
+
 class TokenHeader:
     """A plugin whose protocol sends a token in a header of its own."""
 
