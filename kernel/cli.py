@@ -193,15 +193,13 @@ def models(argv: list[str]) -> None:
     as_json = "--json" in argv
     kernel = _prepare([a for a in argv if a != "--json"], "kernel models")
     asyncio.run(kernel.registry.rescan())
-    rows = [m.describe() for m in kernel.registry.models()]
+    rows = kernel.registry.describe()
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    names = kernel.registry.names()
-    plain = {q: p for p, q in names.items() if p != q}
     _table(
         ["NAME", "ALSO", "VERSION", "SOURCE", "FORMAT", "BACKEND", "STATE", "WHY"],
-        [[r["name"], plain.get(r["name"], "-"), r["version"], r["source"], r["format"],
+        [[r["name"], r["plain_name"] or "-", r["version"], r["source"], r["format"],
           r["backend"] or "-", r["state"], r["backend_reason"]] for r in rows],
     )
 

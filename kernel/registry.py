@@ -273,6 +273,18 @@ class ModelRegistry:
                 out[plain] = next(iter(qualified))
         return out
 
+    def describe(self, *models: Model) -> list[dict[str, Any]]:
+        """`describe()` of each model (every model when none are given), with `plain_name`
+        None where that name reaches no model or another one (ambiguous or shadowed)."""
+        names = self.names()
+        out = []
+        for model in models or self.models():
+            described = model.describe()
+            if names.get(described["plain_name"]) != described["name"]:
+                described["plain_name"] = None
+            out.append(described)
+        return out
+
     def resolve(self, name: str) -> str:
         """The qualified name for `name`; NotFound, or Conflict when a plain name is ambiguous."""
         if name in self._models:

@@ -50,7 +50,7 @@ def plugins(request: Request) -> list[dict[str, Any]]:
 @get("/models", sync_to_thread=False)
 def models(request: Request) -> list[dict[str, Any]]:
     """Every model in the registry with its backend, the reason for it, and its state."""
-    return [m.describe() for m in _kernel(request).registry.models()]
+    return _kernel(request).registry.describe()
 
 
 @post("/models/rescan", guards=[requires("admin")], status_code=200)
@@ -58,17 +58,19 @@ async def rescan(request: Request) -> list[dict[str, Any]]:
     """Ask every model source again."""
     registry = _kernel(request).registry
     await registry.rescan()
-    return [m.describe() for m in registry.models()]
+    return registry.describe()
 
 
 @post("/models/{name:str}/load", guards=[requires("admin")], status_code=200)
 async def load(request: Request, name: FromPath[str]) -> dict[str, Any]:
-    return (await _kernel(request).registry.load(name)).describe()
+    registry = _kernel(request).registry
+    return registry.describe(await registry.load(name))[0]
 
 
 @post("/models/{name:str}/unload", guards=[requires("admin")], status_code=200)
 async def unload(request: Request, name: FromPath[str]) -> dict[str, Any]:
-    return (await _kernel(request).registry.unload(name)).describe()
+    registry = _kernel(request).registry
+    return registry.describe(await registry.unload(name))[0]
 
 
 @get("/metrics", sync_to_thread=False)

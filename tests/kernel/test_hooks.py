@@ -147,6 +147,8 @@ def test_hook_kernel_model_sources(tmp_path):
         models = {m["name"]: m for m in client.get("/-/models").json()}
     assert set(models) == {"alpha.shared", "alpha.only_a", "beta.shared"}  # "bad name" is refused
     assert models["alpha.only_a"]["state"] == "unavailable"
+    # a plain name is shown only where it reaches this model
+    assert (models["alpha.only_a"]["plain_name"], models["alpha.shared"]["plain_name"]) == ("only_a", None)
     assert "no backend for xyz models" in models["alpha.only_a"]["error"]
     assert k.registry.get("only_a").name == "alpha.only_a"
     with pytest.raises(kernel.Conflict, match="use one of alpha.shared, beta.shared"):
