@@ -242,7 +242,7 @@ def test_serve_real_http_with_example_plugin_and_json_logs(tmp_path, serve):
     server = serve("--plugins", "hello", "--model-dir", str(models), "--log-format", "json",
                    "--token-secret", STRONG)
     answer = httpx.post(server.url + "/hello/double", json=[1, 2, 3], headers={"X-Request-ID": "req-42"})
-    assert answer.json() == {"y": [[2.0, 4.0, 6.0]]}
+    assert answer.status_code == 200 and answer.json() == {"y": [[2.0, 4.0, 6.0]]}
     assert answer.headers["x-request-id"] == "req-42"
     assert httpx.post(server.url + "/hello/double", json=[1, 2]).status_code == 400
     server.stop()

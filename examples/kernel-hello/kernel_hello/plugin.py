@@ -28,7 +28,7 @@ async def hello(request: Request) -> dict:
     return {"greeting": k.config.section("hello").greeting, "models": sorted(k.registry.names())}
 
 
-@post("/hello/{model:str}")
+@post("/hello/{model:str}", status_code=200)  # an answer, not a created resource
 async def run(request: Request, model: FromPath[str], data: list[float]) -> dict:
     k: kernel.Kernel = request.app.state["kernel"]
     outputs = await k.registry.infer(model, {"x": np.asarray([data], dtype=np.float32)})
