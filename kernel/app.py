@@ -181,6 +181,12 @@ def choose_plugins(names: Sequence[str] | None, blocked: Sequence[str] = ()) -> 
     return chosen
 
 
+def _log_hook_call(outcome: Any, hook: str, impls: list[Any], _kwargs: Mapping[str, Any]) -> None:
+    if impls:  # the kernel asks each plugin in turn, most of which have no such hook
+        result = outcome.exception if outcome.exception is not None else outcome.get_result()
+        log.getChild("hooks").debug("%s of %s -> %r", hook, ", ".join(i.plugin_name for i in impls), result)
+
+
 def load_plugins(
     names: Sequence[str],
     extra: Mapping[str, object] | None = None,
@@ -247,9 +253,9 @@ class Kernel:
         self.registry.subscribe(self._count_loaded)
         self.auth = Auth(self)
         if config.kernel.log_level == "debug":
-            # Every hook call and its result, for plugin authors chasing a wiring problem.
-            plugins.pm.trace.root.setwriter(logging.getLogger("kernel.hooks").debug)
-            plugins.pm.enable_tracing()
+            # Every hook call from here on and its result, one line each, for plugin authors
+            # chasing a wiring problem (options and config were read before logging was set).
+            plugins.pm.add_hookcall_monitoring(lambda *_: None, _log_hook_call)
         self.started = False
         self._started: list[str] = []
         for name in plugins.sections:
