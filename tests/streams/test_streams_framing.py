@@ -1,9 +1,13 @@
-"""PTG's batch framing and the users file, without a server."""
+"""PTG's batch framing, ids and the users file, without a server."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from kernel_streams import framing
+from kernel_streams.rest import cursors
 from kernel_streams.users import Users, check_password, hash_password, load_users
 
 import kernel
@@ -54,6 +58,14 @@ def test_bad_stream_ids(sid):
         framing.check_stream_id(sid)
 
 
+def test_id_refusals_say_what_is_accepted():
+    with pytest.raises(kernel.BadRequest, match="at most 256"):
+        framing.check_stream_id("x" * 257)
+    with pytest.raises(kernel.BadRequest, match=r"expected \*, \$, -, <ms> or <ms>-<seq>"):
+        cursors(["cam"], "yesterday")
+    assert cursors(["a", "b", "c"], "-+5+5-1") == {"a": "0", "b": "5", "c": "5-1"}
+
+
 def test_entry_ids_are_two_unsigned_64_bit_numbers():
     assert framing.is_entry_id("18446744073709551615-18446744073709551615") and framing.is_entry_id("0")
     assert not framing.is_entry_id("18446744073709551616")
@@ -75,3 +87,18 @@ def test_password_hashes_and_the_dev_rule(tmp_path):
     path.write_text("alice:plaintext\n")
     with pytest.raises(kernel.StartupError, match="line 1"):
         load_users(str(path))
+
+
+def test_the_users_command_has_help_and_explains_a_file_it_cannot_write(tmp_path):
+    def users(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "kernel_streams.users", *args], input="pw\n", text=True,
+                              capture_output=True, check=False)
+
+    helped = users("--help")
+    assert helped.returncode == 0 and "FILE" in helped.stdout and "NAME" in helped.stdout
+    failed = users(str(tmp_path / "nodir" / "u.txt"), "dave")
+    assert failed.returncode == 1
+    assert failed.stderr.strip().splitlines() == [
+        f"python -m kernel_streams.users: cannot update {tmp_path / 'nodir' / 'u.txt'}: No such file or directory"]
+    assert users(str(tmp_path / "u.txt"), "dave").returncode == 0
+    assert Users(load_users(str(tmp_path / "u.txt")), dev_login=False).check("dave", "pw")

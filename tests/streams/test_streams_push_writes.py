@@ -1,5 +1,6 @@
 """Pushed entries land in Redis byte for byte, under the ids asked for, and a refused
-entry leaves the server's Redis connections in step for the next pushes."""
+entry leaves the server's Redis connections in step for the next pushes; posted entries
+land in the order of their parts."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import json
 import os
 
+import httpx
 import websockets
 
 from tests.streams.conftest import Redis
@@ -73,3 +75,10 @@ def test_a_refused_entry_closes_the_push_and_later_pushes_still_get_their_own_id
     client = redis_server.client()
     for k, entry_id in enumerate(ids, 1):
         assert client.xrange(f"pw-n{k}") == [(entry_id.encode(), {b"d": b"x" * k})]
+
+
+def test_posted_parts_are_stored_in_the_order_they_arrive_whatever_their_field_names(streams, redis_server: Redis):
+    files = [("zzz", ("1.bin", b"1")), ("aaa", ("2.bin", b"2")), ("mmm", ("3.bin", b"3")), ("aaa", ("4.bin", b"4"))]
+    r = httpx.post(streams.url + "/data/po-ord", headers=login(streams), files=files, data={"note": "a field, no entry"})
+    assert r.status_code == 201
+    assert redis_server.client().xrange("po-ord") == [(i.encode(), {b"d": d}) for i, d in zip(r.json(), b"1 2 3 4".split())]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,6 +27,10 @@ def ws_url(server: Server, path: str) -> str:
     return server.url.replace("http://", "ws://") + path
 
 
+def _claims(token: str) -> dict[str, Any]:
+    return json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+
+
 def test_login_refusals_use_ptgs_error_shape(streams):
     wrong = httpx.post(streams.url + "/token", data={"username": USER, "password": "nope"})
     assert wrong.status_code == 401 and wrong.json() == {"detail": "Incorrect username or password"}
@@ -34,6 +40,17 @@ def test_login_refusals_use_ptgs_error_shape(streams):
     missing = httpx.post(streams.url + "/token", data={"username": USER})
     assert missing.status_code == 400 and "password" in missing.json()["detail"]
     assert PASSWORD not in streams.output()
+
+
+def test_token_exp_must_be_a_positive_number_of_seconds(streams):
+    form = {"username": USER, "password": PASSWORD}
+    for exp in ("abc", "-5", "0", "1.5"):
+        r = httpx.post(streams.url + "/token", params={"exp": exp}, data=form)
+        assert r.status_code == 400 and "exp" in r.json()["detail"], exp
+    for exp, ttl in (("60", 60), ("999999999", 2592000)):  # at most --streams-token-ttl
+        token = httpx.post(streams.url + "/token", params={"exp": exp}, data=form).json()["access_token"]
+        claims = _claims(token)
+        assert claims["exp"] - claims["iat"] == ttl
 
 
 def test_invalid_or_missing_tokens_are_refused_never_anonymous(streams, tmp_path):
@@ -60,9 +77,17 @@ def test_invalid_or_missing_tokens_are_refused_never_anonymous(streams, tmp_path
         except websockets.InvalidStatus as exc:
             return exc.response.status_code
 
+    # a handshake is refused with 403 whatever is wrong with the token
     assert asyncio.run(handshake("")) == 403
     assert asyncio.run(handshake(f"?token={forged}")) == 403
+    assert asyncio.run(handshake(f"?token={other}")) == 403
     assert asyncio.run(handshake(f"?token={token}")) == 101
+    form = {"username": USER, "password": PASSWORD}
+    short = httpx.post(streams.url + "/token", params={"exp": "1"}, data=form).json()["access_token"]
+    time.sleep(max(0.0, _claims(short)["exp"] - time.time() + 0.05))
+    expired = httpx.get(url, params={"token": short})
+    assert expired.status_code == 401 and expired.json() == {"detail": "Token expired"}
+    assert asyncio.run(handshake(f"?token={short}")) == 403
     assert token not in streams.output() and forged not in streams.output()
 
 
@@ -153,6 +178,24 @@ def test_metadata_keys_are_no_stream_ids(streams, redis_server: Redis):
         assert r.status_code == 400 and "WRONGTYPE" in r.json()["detail"]
     assert client.xlen("XMETA:cam3") == 1
     assert httpx.get(streams.url + "/streams/cam3", headers=headers).json()["meta"] is None
+
+
+def test_delete_refuses_keys_that_are_not_streams_and_deletes_nothing(streams, redis_server: Redis):
+    headers = login(streams)
+    client = redis_server.client()
+    client.set("del-text", "not a stream")
+    client.hset("del-hash", "field", "value")
+    client.xadd("del-cam", {"d": b"x"})
+    client.xadd("del-cam2", {"d": b"x"})
+    client.xadd("XMETA:del-cam2", {"d": b"x"})  # a stream at del-cam2's metadata key
+    # del-cam comes before del-hash: nothing goes unless every key holds what it should
+    for sid in ("del-text", "del-cam+del-hash", "del-cam2"):
+        r = httpx.delete(streams.url + "/streams/" + sid, headers=headers)
+        assert r.status_code == 400 and "WRONGTYPE" in r.json()["detail"], sid
+    assert client.exists("del-text", "del-hash", "del-cam", "del-cam2", "XMETA:del-cam2") == 5
+    assert httpx.put(streams.url + "/streams/del-cam", headers=headers, json={"fps": 30}).status_code == 200
+    r = httpx.delete(streams.url + "/streams/del-cam+del-none", headers=headers)
+    assert r.json() == [1, 1, 1, 0, 0, 0] and client.exists("del-cam", "XMETA:del-cam") == 0
 
 
 def test_ids_and_timeouts_redis_cannot_use_are_refused(streams):

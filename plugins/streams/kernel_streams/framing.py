@@ -33,11 +33,11 @@ class BadFrame(kernel.BadRequest):
 
 
 def check_stream_id(sid: str) -> str:
-    """A stream id: printable, no `+` (the separator), no whitespace, not `*`."""
-    if not sid or len(sid) > _MAX_SID or sid == "*" or "+" in sid or not sid.isprintable() or any(
-        c.isspace() for c in sid
-    ):
-        raise kernel.BadRequest(f"invalid stream id {sid[:_MAX_SID]!r}")
+    """A stream id: printable, at most `_MAX_SID` characters, no `+` (the separator), no whitespace, not `*`."""
+    if len(sid) > _MAX_SID:
+        raise kernel.BadRequest(f"invalid stream id {sid[:40]!r}...: {len(sid)} characters, at most {_MAX_SID}")
+    if not sid or sid == "*" or "+" in sid or not sid.isprintable() or any(c.isspace() for c in sid):
+        raise kernel.BadRequest(f"invalid stream id {sid!r}")
     if sid.startswith(META_PREFIX):
         # the key of another stream's metadata: writing that metadata would replace the stream
         raise kernel.BadRequest(f"invalid stream id {sid!r}: ids starting with {META_PREFIX} are reserved")

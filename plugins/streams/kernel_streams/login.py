@@ -13,6 +13,7 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body
 
 import kernel
+from kernel_streams import params
 from kernel_streams.runtime import runtime
 
 log = logging.getLogger("kernel.streams")
@@ -50,13 +51,11 @@ async def issue_token(
     if not isinstance(name, str) or not isinstance(password, str):
         raise kernel.BadRequest("form fields username and password are required")
     config = k.config.section("streams")
+    asked = params.integer(request.query_params, "exp", None)  # a lifetime in seconds, else a 400
     if not await asyncio.to_thread(runtime(request).users.check, name, password):
         log.info("refused a login for user %r", name[:64])
         raise kernel.Unauthorized("Incorrect username or password", headers={"WWW-Authenticate": "Bearer"})
-    ttl = config.token_ttl
-    asked = request.query_params.get("exp")
-    if asked and asked.isdigit():
-        ttl = max(1, min(ttl, int(asked)))
+    ttl = config.token_ttl if asked is None else min(config.token_ttl, asked)
     token = k.auth.tokens.issue(name, [SCOPE], ttl, issuer="streams")
     return Response(
         {"access_token": token, "token_type": "bearer"},

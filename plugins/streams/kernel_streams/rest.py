@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
+import multipart
 from litestar import Request, Response, delete, get, post, put
-from litestar.datastructures import UploadFile
 from litestar.params import Body, FromPath
 
 import kernel
@@ -65,7 +65,7 @@ def cursors(sids: list[str], last_entry_id: str) -> dict[str, str]:
         if value == "-":
             value = "0"
         if value not in ("*", "$") and not framing.is_entry_id(value):
-            raise kernel.BadRequest(f"invalid last_entry_id {value[:40]!r}: expected *, $, 0 or <ms>-<seq>")
+            raise kernel.BadRequest(f"invalid last_entry_id {value[:40]!r}: expected *, $, -, <ms> or <ms>-<seq>")
         out[sid] = value
     return out
 
@@ -87,26 +87,47 @@ async def read_entries(request: Request, sid: FromPath[str]) -> Response[bytes]:
     return Response(blob, media_type="application/octet-stream", headers={"entry-offset": header.decode()})
 
 
+async def _file_parts(request: Request) -> list[tuple[str, str, bytearray]]:
+    """(field name, file name, data) of each multipart file part, in the order the parts
+    arrive: Litestar's `form()` groups parts by field name, which loses that order."""
+    boundary = request.content_type[1].get("boundary")
+    if not boundary:
+        raise kernel.BadRequest("multipart boundary missing in Content-Type")
+    parts: list[tuple[str, str, bytearray]] = []
+    data: bytearray | None = None
+    try:
+        with multipart.PushMultipartParser(boundary, max_segment_count=request.app.multipart_form_part_limit) as parser:
+            async for chunk in request.stream():
+                for event in parser.parse(chunk):
+                    if isinstance(event, multipart.MultipartSegment):
+                        data = None
+                        if event.filename:  # a file, as Litestar tells them; other parts are fields
+                            data = bytearray()
+                            parts.append((event.name or "", event.filename, data))
+                    elif event and data is not None:
+                        data += event
+    except multipart.MultipartError as exc:
+        raise kernel.BadRequest(f"invalid multipart/form-data: {exc}") from None
+    return parts
+
+
 @post("/data/{sid:str}", guards=GUARD, summary="Send data to one or multiple streams")
 async def append_entries(request: Request, sid: FromPath[str]) -> list[str]:
-    """Multipart parts become entries, in order. For one stream every part goes there; for
-    `*` (or `a+b`) each part's file name (else its field name) names its stream."""
+    """Multipart file parts become entries, in order. For one stream every part goes there;
+    for `*` (or `a+b`) each part's file name names its stream."""
     rt = runtime(request)
     targets = None if sid == "*" else framing.split_stream_ids(sid)
     if "multipart/form-data" not in request.headers.get("content-type", ""):
         raise kernel.BadRequest("send entries as multipart/form-data parts")
-    form = await request.form()
     entries = []
-    for field, value in form.multi_items():
-        if not isinstance(value, UploadFile):
-            continue
+    for field, filename, data in await _file_parts(request):
         if targets is not None and len(targets) == 1:
             stream = targets[0]
         else:
-            stream = framing.check_stream_id(value.filename or field)
+            stream = framing.check_stream_id(filename)
             if targets is not None and stream not in targets:
                 raise kernel.BadRequest(f"part {field!r} names stream {stream!r}, not one of {sid!r}")
-        entries.append((stream, "*", await value.read()))
+        entries.append((stream, "*", data))
     if not entries:
         raise kernel.BadRequest("no entries: send each entry as a multipart file part")
     return await rt.store.add(entries)

@@ -72,6 +72,28 @@ def _iso(entry_id: str) -> str:
     return datetime.datetime.fromtimestamp(int(entry_id.split("-")[0]) / 1000).isoformat(sep=" ")
 
 
+#: Deletes streams (KEYS: stream, metadata key, ...) only when every key holds its type or nothing.
+_DELETE = """
+for i = 1, #KEYS, 2 do
+  local kind = redis.call('TYPE', KEYS[i]).ok
+  local meta = redis.call('TYPE', KEYS[i + 1]).ok
+  if kind ~= 'stream' and kind ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. kind .. ', not a stream: nothing deleted')
+  end
+  if meta ~= 'string' and meta ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i + 1] .. ' holds a ' .. meta .. ', not metadata: nothing deleted')
+  end
+end
+local out = {}
+for i = 1, #KEYS, 2 do
+  table.insert(out, redis.call('DEL', KEYS[i + 1]))
+  table.insert(out, redis.call('XTRIM', KEYS[i], 'MAXLEN', 0))
+  table.insert(out, redis.call('DEL', KEYS[i]))
+end
+return out
+"""
+
+
 class StreamStore:
     def __init__(self, url: str, *, max_len: int, retry_s: float, connections: int) -> None:
         import redis.asyncio as aioredis
@@ -92,6 +114,7 @@ class StreamStore:
         self.max_len = max_len
         self.retry_s = retry_s
         self._max_lens: dict[str, tuple[float, int]] = {}
+        self._delete_script = self.redis.register_script(_DELETE)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -263,21 +286,17 @@ class StreamStore:
         return _text(stored)
 
     async def delete(self, sids: Sequence[str]) -> list[int]:
-        """Delete streams and their meta; PTG's answer: (meta deleted, entries trimmed, stream deleted) each."""
+        """Delete streams and their meta; PTG's answer: (meta deleted, entries trimmed, stream deleted) each.
 
-        async def op() -> list[Any]:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for sid in sids:
-                    pipe.delete(_meta_key(sid))
-                    pipe.xtrim(sid, maxlen=0, approximate=False)
-                    pipe.delete(sid)
-                return await pipe.execute(raise_on_error=False)
-
-        results = await self._run(op)
+        A key of another type (a shared Redis's string or hash, a stream at a metadata key)
+        is refused with WRONGTYPE and nothing is deleted: a Lua script, as MULTI cannot make
+        its deletes depend on the TYPE replies of the same transaction.
+        """
+        keys = [key for sid in sids for key in (sid, _meta_key(sid))]
+        result = await self._run(lambda: self._delete_script(keys=keys))
         for sid in sids:
             self._max_lens.pop(sid, None)
-        # XTRIM of a key that holds no stream fails; PTG's shape counts it as 0 trimmed.
-        return [r if isinstance(r, int) else 0 for r in results]
+        return result
 
 
 def _meta_dict(raw: Any) -> dict[str, Any] | None:

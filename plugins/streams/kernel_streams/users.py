@@ -8,6 +8,7 @@ from standard input when it is not a terminal).
 
 from __future__ import annotations
 
+import argparse
 import base64
 import hashlib
 import hmac
@@ -88,13 +89,17 @@ class Users:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: python -m kernel_streams.users FILE NAME", file=sys.stderr)
-        return 2
-    path, name = Path(argv[0]), argv[1]
+    parser = argparse.ArgumentParser(
+        prog="python -m kernel_streams.users",
+        description="Add or replace a user of a users file for `kernel serve --streams-users FILE`. The "
+                    "password is read from the terminal, or from standard input when it is not a terminal.",
+    )
+    parser.add_argument("file", metavar="FILE", type=Path, help="the users file (created if missing)")
+    parser.add_argument("name", metavar="NAME", help="the user to add or replace")
+    args = parser.parse_args(argv)
+    path, name = args.file, args.name
     if not name or ":" in name or any(c.isspace() for c in name):
-        print("a user name may not be empty or hold ':' or spaces", file=sys.stderr)
-        return 2
+        parser.error("a user name may not be empty or hold ':' or spaces")
     if sys.stdin.isatty():
         import getpass
 
@@ -102,13 +107,17 @@ def main(argv: list[str]) -> int:
     else:
         password = sys.stdin.readline().rstrip("\n")
     if not password:
-        print("empty password refused", file=sys.stderr)
-        return 2
-    kept = []
-    if path.exists():
-        kept = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.partition(":")[0] != name]
-    path.write_text("\n".join([*kept, f"{name}:{hash_password(password)}"]) + "\n", encoding="utf-8")
-    os.chmod(path, 0o600)
+        print(f"{parser.prog}: empty password refused", file=sys.stderr)
+        return 1
+    try:
+        kept = []
+        if path.exists():
+            kept = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.partition(":")[0] != name]
+        path.write_text("\n".join([*kept, f"{name}:{hash_password(password)}"]) + "\n", encoding="utf-8")
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        print(f"{parser.prog}: cannot update {path}: {exc.strerror}", file=sys.stderr)
+        return 1
     return 0
 
 
