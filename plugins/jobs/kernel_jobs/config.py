@@ -20,8 +20,9 @@ class JobsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     redis: str | None = None
     #: Prefix of every Redis key, so several deployments can share one Redis.
     redis_prefix: str = "kernel:jobs"
-    #: Longest a worker's job request waits for a job; also capped at 90% of the
-    #: worker's own `request_timeout`, so the answer always beats its HTTP timeout.
+    #: Longest a worker's job request waits for a job; also capped at an endpoint's
+    #: `[WORKER] request_timeout` and at 90% of the `request_timeout` the worker sends
+    #: (its HTTP timeout), so the answer always beats that timeout.
     job_request_timeout: Seconds = 50.0
     #: A processing job without progress or result for this long is put back in the queue.
     job_inactivity_timeout: Seconds = 60.0

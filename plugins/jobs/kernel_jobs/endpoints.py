@@ -153,6 +153,9 @@ def read_endpoint(path: Path, config: JobsConfig) -> Endpoint:
     name = r.get("ENDPOINT", "name", str, required=True)
     if not NAME_RE.match(name) or name in RESERVED:
         raise r.fail("[ENDPOINT] name", f"{name!r} must match [A-Za-z0-9_.-]+ and not be one of {sorted(RESERVED)}")
+    if not name.strip("."):
+        # Clients resolve `/.` and `/..` away before sending; other runs of dots go with them.
+        raise r.fail("[ENDPOINT] name", f"{name!r}: a name of only dots is refused, as no client can reach /. or /..")
     methods = r.get("ENDPOINT", "methods", list, ["GET", "POST"])
     if not methods or any(m not in METHODS for m in methods):
         raise r.fail("[ENDPOINT] methods", f"{methods!r}: use a non-empty list of GET and POST")

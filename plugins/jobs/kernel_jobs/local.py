@@ -2,7 +2,7 @@
 
 Such jobs go through the same queue as remote ones, so progress, results, estimates and
 the Redis sharing behave alike. Each model input comes from the endpoint input of the
-same name (a nested list, e.g. a `json` input); each output goes back as a nested list.
+same name (a `json` input: JSON text of a nested list); each output goes back as a nested list.
 """
 
 from __future__ import annotations
@@ -36,10 +36,7 @@ class LocalWorker:
             try:
                 await self._one(stop)
             except Exception as exc:  # a store outage must not end the worker for good
-                if isinstance(exc, kernel.Unavailable):  # the store said what; no traceback
-                    log.warning("the worker for model %s: %s; retrying in %.0f s", self.endpoint.model, exc.detail,
-                                TAKE_SECONDS)
-                else:
+                if not isinstance(exc, kernel.Unavailable):  # the store logs its outages itself
                     log.exception("the worker for model %s failed; retrying in %.0f s", self.endpoint.model,
                                   TAKE_SECONDS)
                 with contextlib.suppress(TimeoutError):

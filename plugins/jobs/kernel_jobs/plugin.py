@@ -12,7 +12,7 @@ from typing import Any
 import kernel
 from kernel import StartupError
 from kernel_jobs.config import JobsConfig, add_options
-from kernel_jobs.endpoints import load_endpoints
+from kernel_jobs.endpoints import Endpoint, load_endpoints
 from kernel_jobs.local import LocalWorker
 from kernel_jobs.routes import routers
 from kernel_jobs.service import JobService
@@ -76,14 +76,27 @@ async def kernel_startup(kernel: kernel.Kernel) -> None:
     running.tasks.append(asyncio.ensure_future(_sweep(service, running.stop)))
     for endpoint in service.endpoints.values():
         if endpoint.model:
+            _check_model(kernel, endpoint)
             worker = LocalWorker(kernel, service.store, endpoint)
             running.tasks.append(asyncio.ensure_future(worker.run(running.stop)))
+
+
+def _check_model(kernel_: kernel.Kernel, endpoint: Endpoint) -> None:
+    """Warn of an endpoint whose model the registry lacks. No startup error: a zoo upload or
+    a rescan may add it later; until then each of its jobs answers the registry's error."""
+    try:
+        kernel_.registry.resolve(endpoint.model or "")
+    except (kernel.NotFound, kernel.Conflict) as exc:
+        log.warning("jobs: endpoint %r cannot run its jobs yet ([WORKER] model in %s): %s",
+                    endpoint.name, endpoint.file, exc.detail)
 
 
 async def _sweep(service: JobService, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
             await service.store.sweep(time.time())
+        except kernel.Unavailable:
+            pass  # the store logs an outage when it starts and when it ends
         except Exception:
             log.exception("jobs: checking timeouts failed; trying again")
         with contextlib.suppress(TimeoutError):

@@ -11,7 +11,8 @@ right after still leaves it where the sweep finds and requeues it. Every change 
 is one Lua script, so two processes never both finish, claim or requeue a job. Nested
 values (job data, progress, result) travel as JSON strings inside the job, because Lua's
 JSON codec cannot tell an empty list from an empty object. A Redis that cannot be reached
-is `kernel.Unavailable` (503) to whoever asked, never an internal error.
+is `kernel.Unavailable` (503) to whoever asked, never an internal error, and is logged once
+when the outage starts and once when it ends.
 """
 
 from __future__ import annotations
@@ -207,12 +208,14 @@ return 0
 
 def _unavailable(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     @functools.wraps(method)
-    async def call(*args: Any, **kwargs: Any) -> Any:
+    async def call(self: RedisStore, *args: Any, **kwargs: Any) -> Any:
         try:
-            return await method(*args, **kwargs)
+            answer = await method(self, *args, **kwargs)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            log.error("jobs: Redis unreachable: %s", exc)  # the client is told no more than that
+            self._lost(exc)  # the client is told no more than that
             raise kernel.Unavailable("the job store (Redis) cannot be reached; try again") from None
+        self._reached()
+        return answer
 
     return call
 
@@ -232,6 +235,8 @@ class RedisStore(Store):
         self.p = prefix
         self.job_types = job_types
         self.redis: Any = None
+        #: When Redis was first found unreachable; None while it answers.
+        self.down_since: float | None = None
 
     async def start(self) -> None:
         # RESP2: with RESP3, redis-py (8.x) skips its check for connections Redis closed
@@ -249,6 +254,21 @@ class RedisStore(Store):
     async def close(self) -> None:
         if self.redis is not None:
             await self.redis.aclose()
+
+    # An outage is logged when it starts and when it ends, not on every failed call: the
+    # sweep, the kernel's own workers and every worker poll would repeat it each second.
+    def _lost(self, exc: Exception) -> None:
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            log.error("jobs: Redis cannot be reached (%s); answering 503 until it is back", exc)
+
+    def _reached(self) -> None:
+        if self.down_since is not None:
+            log.info("jobs: Redis is reachable again after %.0f s", time.monotonic() - self.down_since)
+            self.down_since = None
+
+    async def ping(self) -> None:
+        await self.redis.ping()
 
     def _job(self, job_id: str) -> str:
         return f"{self.p}:job:{job_id}"

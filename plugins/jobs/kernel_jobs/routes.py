@@ -169,7 +169,7 @@ async def _job_request(service: JobService, body: Any, request: Request) -> dict
 
 
 async def _status(service: JobService, body: Any, request: Request) -> dict[str, Any]:
-    return service.status(body)
+    return await service.status(body)
 
 
 async def _progress(service: JobService, body: Any, request: Request) -> Any:
@@ -181,13 +181,14 @@ async def _result(service: JobService, body: Any, request: Request) -> dict[str,
 
 
 def _worker_failure(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, (kernel.KernelError, HTTPException)):
-        status, message = (exc.status_code, exc.detail)
-        if status < 500:
-            return Response({"cmd": "error", "msg": message}, status_code=200)
-    log.error("worker request %s failed", request.url.path, exc_info=exc)
-    return Response({"cmd": "warning", "msg": "server temporarily unavailable"}, status_code=503,
-                    headers={"Retry-After": "1"})
+    message = "server temporarily unavailable"
+    if isinstance(exc, kernel.Unavailable):
+        message = exc.detail  # expected, and logged by the store when the outage starts and ends
+    elif isinstance(exc, (kernel.KernelError, HTTPException)) and exc.status_code < 500:
+        return Response({"cmd": "error", "msg": exc.detail}, status_code=200)
+    else:
+        log.error("worker request %s failed", request.url.path, exc_info=exc)
+    return Response({"cmd": "warning", "msg": message}, status_code=503, headers={"Retry-After": "1"})
 
 
 def _client_failure(status: int, message: str) -> dict[str, Any]:

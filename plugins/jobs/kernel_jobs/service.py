@@ -236,12 +236,16 @@ class JobService:
                 return False
         return False
 
-    def status(self, args: Any) -> dict[str, Any]:
+    async def status(self, args: Any) -> dict[str, Any]:
+        """The worker's check; `kernel.Unavailable` (a 503) while the store cannot be reached,
+        as the worker interface polls here until it gets a 200 before asking for jobs again."""
         args = args if isinstance(args, dict) else {}
         job_type = args.get("job_type")
         present = isinstance(job_type, str) and job_type in self.by_type and not job_type.startswith("model:")
         key = args.get("auth_key")
         valid = present and isinstance(key, str) and self._worker_key_ok(job_type, key)
+        if valid:
+            await self.store.ping()
         return {"cmd": "ok" if valid else "error", "job_type_present": present, "key_valid": valid,
                 **({} if valid else {"msg": "unknown job_type or invalid auth_key"})}
 

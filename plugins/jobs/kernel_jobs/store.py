@@ -33,6 +33,10 @@ class Store(abc.ABC):
         """Disconnect; called at shutdown."""
 
     @abc.abstractmethod
+    async def ping(self) -> None:
+        """Return when the store can be reached; `kernel.Unavailable` when it cannot."""
+
+    @abc.abstractmethod
     async def submit(self, job: Job, max_queue: int, client_limit: int) -> str | None:
         """Queue `job` at the tail, or say why not: DISABLED when its endpoint is disabled,
         CLIENT_LIMIT when its owner already has `client_limit` (> 0) jobs of this endpoint
@@ -126,6 +130,9 @@ class MemoryStore(Store):
                 return
         queue = self._queue(job_type)
         queue.appendleft(job_id) if front else queue.append(job_id)
+
+    async def ping(self) -> None:
+        """Always reachable: the store is this process."""
 
     async def submit(self, job: Job, max_queue: int, client_limit: int) -> str | None:
         if job["endpoint"] in self.disabled:
