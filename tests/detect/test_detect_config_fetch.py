@@ -133,6 +133,18 @@ def test_yaml_pattern_filters_detect(yaml_client: httpx.Client) -> None:
     assert set(body["labels"]) <= {"person", "bus"} and "person" in body["labels"]
 
 
+def test_toml_models_all_serves_every_model_under_the_base_path(home: Path, base: Path) -> None:
+    # TOML gives a string where `--models all` gives a list: the kernel splits it.
+    config = home / "detect.toml"
+    config.write_text(f'[detect]\nmodels = "all"\nbase_path = "{base}"\n')
+    server = Server(["--plugins", "detect", "--config", str(config)], home / "toml").wait_ready()
+    try:
+        served = {m["name"] for m in httpx.get(server.url + "/models").json()["models"]}
+    finally:
+        server.stop()
+    assert served == {"yolov3-tiny", "320n"}
+
+
 # -- URL fetching limits ----------------------------------------------------------------
 
 
@@ -180,36 +192,60 @@ def infer_url(server: Server, url: str, verify: str = "1") -> dict:
     return answer.json()
 
 
+#: `elsewhere` is on the allowed host, 127.0.0.1, at a port no entry names.
+WRONG_PORT = "the URL's port does not match the fetch allow-list entries for its host"
+
+
 def test_allow_list(fetch_server: Server, portals: dict[str, FrameServer]) -> None:
     ok = infer_url(fetch_server, portals["http"].url("zidane"))
     assert ok["error"] is None and "person" in {d["label"] for d in ok["detections"]}
     refused = infer_url(fetch_server, portals["elsewhere"].url("zidane"))
-    assert refused == {"detections": [], "error": "fetch failed: the URL's host is not on the fetch allow-list"}
+    assert refused == {"detections": [], "error": f"fetch failed: {WRONG_PORT}"}
     body = {"urls": [{"frame_id": "1", "url": portals["elsewhere"].url("zidane")}], "zm_auth": f"token={ZM_TOKEN}"}
     answer = httpx.post(fetch_server.url + "/detect_urls", json=body)
     assert answer.status_code == 400
-    assert answer.json() == {"detail": "frame '1': the URL's host is not on the fetch allow-list"}
+    assert answer.json() == {"detail": f"frame '1': {WRONG_PORT}"}
     assert portals["elsewhere"].seen == []  # never contacted
+    # A client's URL refused is the client's mistake, not a server error.
+    logged = [line for line in fetch_server.output().splitlines() if "URL-mode fetch of" in line]
+    assert logged and all(" WARNING " in line for line in logged)
+
+
+@pytest.mark.parametrize(("allow", "url", "why"), [
+    (["http://localhost:8080/sub"], "http://localhost:8080/bus.jpg", "the URL's path does not match"),
+    (["http://localhost:8080/sub"], "http://localhost:9090/sub/bus.jpg", "the URL's port does not match"),
+    (["https://localhost/sub"], "http://localhost/sub/bus.jpg", "the URL's scheme does not match"),
+    # the entry that came closest says what to change
+    (["localhost:9090", "http://localhost:8080/sub"], "http://localhost:8080/bus.jpg", "the URL's path does not match"),
+    (["zm.example.com", "http://localhost:8080/sub"], "http://elsewhere/sub/x", "the URL's host is not on"),
+])
+def test_an_allow_list_refusal_says_what_did_not_match(allow: list[str], url: str, why: str) -> None:
+    from kernel_detect.fetch import Fetcher, FetchError
+
+    with pytest.raises(FetchError) as refused:
+        Fetcher(1.0, 1, 0, allow).check(url)
+    assert str(refused.value).startswith(why)
 
 
 def test_allow_list_compares_where_the_url_leads(fetch_server: Server, portals: dict[str, FrameServer]) -> None:
     prefix, elsewhere = portals["prefix"], portals["elsewhere"]
     ok = infer_url(fetch_server, prefix.url("zidane"))
     assert ok["error"] is None and ok["detections"]
-    refused = {"detections": [], "error": "fetch failed: the URL's host is not on the fetch allow-list"}
+    refused = {"detections": [], "error": f"fetch failed: {WRONG_PORT}"}
     # User info that spells the allowed host and port, in front of another port.
     disguised = elsewhere.url("zidane").replace("http://", f"http://127.0.0.1:{prefix.port}@")
     assert infer_url(fetch_server, disguised) == refused
     body = {"urls": [{"frame_id": "1", "url": disguised}], "zm_auth": f"token={ZM_TOKEN}"}
     answer = httpx.post(fetch_server.url + "/detect_urls", json=body)
     assert answer.status_code == 400
-    assert answer.json() == {"detail": "frame '1': the URL's host is not on the fetch allow-list"}
+    assert answer.json() == {"detail": f"frame '1': {WRONG_PORT}"}
     # A redirect from an allowed portal is checked the same way.
     assert infer_url(fetch_server, prefix.url("away") + "&to=" + quote(disguised)) == refused
     # A URL prefix with a path admits that path, not a longer name.
     https = portals["https"].url("zidane")
     assert infer_url(fetch_server, https, verify="0")["error"] is None
-    assert infer_url(fetch_server, https.replace("/index.php", "/index.php.bak"), verify="0") == refused
+    longer = infer_url(fetch_server, https.replace("/index.php", "/index.php.bak"), verify="0")
+    assert longer["error"] == "fetch failed: the URL's path does not match the fetch allow-list entries for its host"
     assert elsewhere.seen == []
 
 
@@ -225,6 +261,21 @@ def test_allow_list_entries_are_checked_at_startup(home: Path, base: Path, entry
                        "--detect-fetch-allow", entry], home / "bad-allow")
     assert done.returncode != 0
     assert f"--detect-fetch-allow: {entry!r} is not a host, host:port or http(s) URL prefix" in done.stderr
+
+
+def test_an_invalid_pattern_stops_the_server(home: Path, base: Path) -> None:
+    done = run_kernel(["serve", "--plugins", "detect", "--base-path", str(base), "--port", str(free_port()),
+                       "--detect-pattern", "("], home / "bad-pattern")
+    assert done.returncode != 0
+    assert "--detect-pattern: '(' is not a valid regular expression: missing ), unterminated subpattern" in done.stderr
+    assert "Traceback" not in done.stderr
+
+    config = home / "bad-pattern.yml"
+    config.write_text("detector_config:\n  pattern: 'person|('\n")
+    done = run_kernel(["serve", "--plugins", "detect", "--base-path", str(base), "--port", str(free_port()),
+                       "--detect-config", str(config)], home / "bad-pattern")
+    assert done.returncode != 0
+    assert f"--detect-config {config}: detector_config.pattern: 'person|(' is not a valid regular expression" in done.stderr
 
 
 def test_response_size_cap(fetch_server: Server, portals: dict[str, FrameServer], images: dict[str, bytes]) -> None:

@@ -1,5 +1,6 @@
 """tokens.json semantics: the first-token bootstrap, both header forms, admin and per-zoo
-rights, serialized atomic writes, hand edits, kernel JWTs, and a corrupt file at startup."""
+rights, serialized atomic writes, hand edits, kernel JWTs; and what stops the server at
+startup: a corrupt or empty tokens file, a zoo dir that is not a directory."""
 
 from __future__ import annotations
 
@@ -240,3 +241,29 @@ def test_a_corrupt_tokens_file_stops_the_server(tmp_path: Path) -> None:
     assert "tokens.json is not a valid tokens file" in done.stderr
     assert "Traceback" not in done.stderr
     assert (root / "tokens.json").read_text() == '{"dg_x": {"is_admin": "yes"}}'
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n"])
+def test_an_empty_tokens_file_stops_the_server(tmp_path: Path, content: str) -> None:
+    # Taken as no tokens, it would open the first-token bootstrap to anyone.
+    root = tmp_path / "zoo"
+    root.mkdir()
+    (root / "tokens.json").write_text(content)
+    done = run_kernel(["serve", "--plugins", "zoo", "--zoo", str(root), "--port", "0",
+                       "--token-secret", SECRET], tmp_path / "home", timeout=30)
+    assert done.returncode != 0
+    assert "tokens.json is not a valid tokens file: the file is empty" in done.stderr
+    assert "delete it to start with no tokens" in done.stderr
+    assert "Traceback" not in done.stderr and "keeping the last good tokens" not in done.stderr
+    assert (root / "tokens.json").read_text() == content
+
+
+def test_a_zoo_dir_that_is_a_file_stops_the_server(tmp_path: Path) -> None:
+    (tmp_path / "zfile").write_text("")
+    for root, why in ((tmp_path / "zfile", "is not a directory"),
+                      (tmp_path / "zfile" / "zoo", "cannot be created: part of its path is not a directory")):
+        done = run_kernel(["serve", "--plugins", "zoo", "--zoo", str(root), "--port", "0",
+                           "--token-secret", SECRET], tmp_path / "home", timeout=30)
+        assert done.returncode != 0
+        assert f"--zoo-dir {root} {why}" in done.stderr, done.stderr
+        assert "Errno" not in done.stderr and "Traceback" not in done.stderr

@@ -86,6 +86,7 @@ _KERNEL_OWNED = ("host", "port", "workers", "token_secret", "log_level", "allow_
 def settings(config: DetectConfig) -> Settings:
     """Apply the YAML of `config.config` (if any) and parse the model list."""
     detailed: list[ModelEntry] | None = None
+    _check_pattern(config.pattern, "--detect-pattern")
     if config.config:
         config, detailed = _apply_yaml(config, Path(config.config).expanduser())
     if detailed is not None:
@@ -95,6 +96,15 @@ def settings(config: DetectConfig) -> Settings:
     if "all" in config.models:
         raise StartupError("--detect-models: 'all' cannot be combined with other model names")
     return Settings(config=config, entries=[parse_model(m) for m in config.models])
+
+
+def _check_pattern(pattern: str, where: str) -> None:
+    """A configured pattern that does not compile stops the server here: found on the first
+    request instead, every /detect would blame the client for it."""
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise StartupError(f"{where}: {pattern!r} is not a valid regular expression: {exc}") from None
 
 
 def parse_model(text: str) -> ModelEntry:
@@ -139,6 +149,8 @@ def _apply_yaml(config: DetectConfig, path: Path) -> tuple[DetectConfig, list[Mo
         for key in ("pattern", "frame_strategy"):
             if key in detector:
                 updates[key] = detector[key]
+        if isinstance(detector.get("pattern"), str):
+            _check_pattern(detector["pattern"], f"{where}: detector_config.pattern")
         if detector.get("models"):
             detailed = [_yaml_model(m, where) for m in detector["models"] if m.get("enabled", True)]
     try:

@@ -78,13 +78,22 @@ class Allowed(NamedTuple):
             return cls(parts.hostname, port)
         return cls(parts.hostname, port or _DEFAULT_PORTS[parts.scheme], parts.scheme, parts.path.rstrip("/"))
 
-    def admits(self, url: httpx.URL) -> bool:
-        if url.host != self.host or (self.scheme is not None and url.scheme != self.scheme):
-            return False
+    def mismatch(self, url: httpx.URL) -> str | None:
+        """The first part of `url` (one of `PARTS`) that this entry refuses; None: admitted."""
+        if url.host != self.host:
+            return "host"
+        if self.scheme is not None and url.scheme != self.scheme:
+            return "scheme"
         if self.port is not None and (url.port or _DEFAULT_PORTS[url.scheme]) != self.port:
-            return False
+            return "port"
         # Whole segments: `/zm` admits `/zm/index.php`, not `/zmadmin`.
-        return not self.path or url.path == self.path or url.path.startswith(self.path + "/")
+        if self.path and url.path != self.path and not url.path.startswith(self.path + "/"):
+            return "path"
+        return None
+
+
+#: The parts of a URL an allow-list entry compares, in the order it compares them.
+PARTS = ("host", "scheme", "port", "path")
 
 
 class _RedactURLs(logging.Filter):
@@ -133,8 +142,14 @@ class Fetcher:
             raise FetchError("the URL is not valid") from None
         if parsed.scheme not in _DEFAULT_PORTS or not parsed.host:
             raise FetchError("only http and https URLs are fetched")
-        if self.allow and not any(entry.admits(parsed) for entry in self.allow):
-            raise FetchError("the URL's host is not on the fetch allow-list")
+        if self.allow:
+            misses = [entry.mismatch(parsed) for entry in self.allow]
+            if None not in misses:
+                # Named by the entry that came closest: the part to change to be admitted.
+                part = max(misses, key=PARTS.index)
+                if part == "host":
+                    raise FetchError("the URL's host is not on the fetch allow-list")
+                raise FetchError(f"the URL's {part} does not match the fetch allow-list entries for its host")
         return parsed
 
     async def fetch(self, url: str, verify: bool = True) -> bytes:

@@ -106,7 +106,8 @@ async def infer(request: Request) -> dict[str, Any]:
         try:
             frame = await svc.fetch_frame(full, verify, cache=True)
         except FetchError as exc:
-            log.error("URL-mode fetch of %s failed: %s", redact(full), exc)
+            # The client's URL or its portal failed, not this server: a warning, as /detect_urls logs it.
+            log.warning("URL-mode fetch of %s failed: %s", redact(full), exc)
             return {"detections": [], "error": f"fetch failed: {exc}"}
     else:
         upload = form.get("image")

@@ -21,7 +21,7 @@ import msgspec
 from litestar.datastructures import ETag
 from litestar.response import File
 from litestar.response.file import ASGIFileResponse
-from litestar.types import Receive, Scope, Send
+from litestar.types import FileInfo, Receive, Scope, Send
 
 import kernel
 from kernel_zoo.archives import identity
@@ -39,11 +39,14 @@ class OpenArchive:
         self.file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed once sent
         self.stat = os.fstat(self.file.fileno())
 
-    async def info(self, path: str, **_: Any) -> dict[str, Any]:
+    def file_info(self, path: str) -> FileInfo:
         st = self.stat
         return {"name": path, "size": st.st_size, "type": "file", "mtime": st.st_mtime,
                 "ino": st.st_ino, "mode": st.st_mode, "islink": False, "nlink": st.st_nlink,
                 "created": st.st_ctime, "uid": st.st_uid, "gid": st.st_gid}
+
+    async def info(self, path: str, **_: Any) -> FileInfo:
+        return self.file_info(path)
 
     async def open(self, file: str, mode: str = "rb", buffering: int = -1) -> Any:
         raise NotImplementedError("archives are sent by _ArchiveSender")
@@ -53,8 +56,11 @@ class ArchiveFile(File):
     """Litestar's `File` headers over an `OpenArchive`; the body is `_ArchiveSender`'s."""
 
     def __init__(self, archive: OpenArchive, path: Path, model: str) -> None:
+        # The info given up front: otherwise the answer starts an `info()` coroutine that a
+        # refused range never awaits (a RuntimeWarning on stderr).
         super().__init__(
-            path, file_system=archive, filename=model + ".zip", media_type="application/octet-stream",
+            path, file_system=archive, file_info=archive.file_info(str(path)), filename=model + ".zip",
+            media_type="application/octet-stream",
             etag=ETag(value=etag(archive.stat)), chunk_size=CHUNK, headers={"accept-ranges": "bytes"},
         )
         self.archive = archive

@@ -4,8 +4,8 @@ The file maps each token to `{"is_admin": bool, "zoos": ["org/zoo", ...]}`. It i
 again whenever its identity (inode, size, mtime) changes, so a hand edit is picked up on
 the next request. Changes go through one lock and an atomic write (temporary file, fsync,
 rename: `kernel.FileStorage`), so concurrent changes never lose an update or leave a torn
-file. A corrupt file stops the server at startup; one corrupted while the server runs is
-reported and never overwritten: reads keep the last good tokens, writes are refused.
+file. A corrupt or empty file stops the server at startup; one corrupted while the server
+runs is reported and never overwritten: reads keep the last good tokens, writes are refused.
 """
 
 from __future__ import annotations
@@ -68,12 +68,14 @@ class TokenStore:
         self._lock = asyncio.Lock()
 
     def load(self) -> None:
-        """Read the file now; a corrupt one is a `CorruptTokens` startup error."""
-        self._refresh()
+        """Read the file now; a corrupt or empty one is a `CorruptTokens` startup error."""
+        self._refresh(startup=True)
         if self._broken:
-            raise CorruptTokens(f"{self.path} is not a valid tokens file: {self._broken}; fix or remove it")
+            raise CorruptTokens(
+                f"{self.path} is not a valid tokens file: {self._broken}; fix it, or delete it to start with no tokens"
+            )
 
-    def _refresh(self) -> None:
+    def _refresh(self, startup: bool = False) -> None:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
@@ -86,13 +88,13 @@ class TokenStore:
             return
         try:
             data = self.path.read_bytes()
-            if not data.strip() and self._tokens:
-                # An editor truncates the file before writing it: an empty file must not
-                # open the first-admin bootstrap to anyone meanwhile.
+            if not data.strip() and (self._tokens or startup):
+                # Taken as no tokens, an empty file would open the first-admin bootstrap to
+                # anyone: at startup, or while an editor truncates the file before writing it.
                 raise ValueError("the file is empty")
             tokens = _decoder.decode(data) if data.strip() else {}
         except (OSError, ValueError) as exc:  # msgspec.DecodeError is a ValueError
-            if self._broken is None:
+            if self._broken is None and not startup:  # at startup `load` stops the server instead
                 log.error("%s is not valid (%s); keeping the last good tokens until it is fixed", FILE, exc)
             self._broken, self._stamp = str(exc), stamp
             return

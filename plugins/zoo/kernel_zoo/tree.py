@@ -52,7 +52,14 @@ class ZooTree:
 
     def prepare(self) -> None:
         """Create the zoo root and an empty uploads folder (removing a crash's leftovers)."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise kernel.StartupError(f"--zoo-dir {self.root} is not a directory") from None
+        except NotADirectoryError:
+            raise kernel.StartupError(
+                f"--zoo-dir {self.root} cannot be created: part of its path is not a directory"
+            ) from None
         if self.uploads.exists():
             leftovers = list(self.uploads.iterdir())
             if leftovers:
