@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -69,10 +70,11 @@ def colsum(path: Path) -> Path:
     return _save(graph, path)
 
 
-def kinds(path: Path) -> Path:
-    """One input per datatype, `in_<TYPE>` [2, 3], passed through to `out_<TYPE>`."""
+def kinds(path: Path, names: Iterable[str] = KINDS) -> Path:
+    """One input per datatype of `names`, `in_<TYPE>` [2, 3], passed through to `out_<TYPE>`."""
     nodes, inputs, outputs = [], [], []
-    for name, element in KINDS.items():
+    for name in names:
+        element = KINDS[name]
         nodes.append(helper.make_node("Identity", [f"in_{name}"], [f"out_{name}"]))
         inputs.append(helper.make_tensor_value_info(f"in_{name}", element, [2, 3]))
         outputs.append(helper.make_tensor_value_info(f"out_{name}", element, [2, 3]))
@@ -86,7 +88,8 @@ def repository(root: Path) -> Path:
     - `batched`: affine 2x+1 with dynamic batching (up to 8 rows, 200 ms delay);
     - `pooled`: one sum over the whole input, with batching on though it cannot be split;
     - `colsum`: column sums, the same (its output's length can equal a batch's rows);
-    - `kinds`: every datatype through Identity.
+    - `kinds`: every datatype through Identity;
+    - `typed`: the same without FP16, the one datatype gRPC's typed contents cannot carry.
     """
     affine(root / "affine" / "model.onnx", 2.0, 1.0)
     affine(root / "versioned" / "1" / "model.onnx", 2.0, 1.0)
@@ -98,6 +101,7 @@ def repository(root: Path) -> Path:
     colsum(root / "colsum" / "model.onnx")
     (root / "colsum" / "config.toml").write_text("max_batch_size = 8\nmax_queue_delay_us = 200000\n")
     kinds(root / "kinds" / "model.onnx")
+    kinds(root / "typed" / "model.onnx", [name for name in KINDS if name != "FP16"])
     return root
 
 

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 import kernel
+from tests.conftest import free_port, run_kernel
 from tests.oip.oip_models import repository
 from tests.oip.oip_support import run_client, start_server
 
@@ -111,3 +112,11 @@ def test_policy_decision_point_denies_and_silence_denies(seen):
     assert seen["http"]["pdp_late_permit"] == "403"  # the timeout bounds the whole answer
     assert {"resource": "dir.affine", "action": "infer"}.items() <= asked[0].items()
     assert all(a["jwt"] for a in asked)
+
+
+def test_a_policy_decision_point_without_auth_stops_startup(tmp_path):
+    # without a token there is nothing to ask the PDP about: the server would serve everyone
+    done = run_kernel(["serve", "--plugins", "oip", "--port", str(free_port()), "--oip-grpc-port", "0",
+                       "--oip-pdp-url", "http://127.0.0.1:9/pdp"], tmp_path, timeout=30)
+    assert done.returncode == 1
+    assert "plugin 'oip' config: pdp_url (--oip-pdp-url) needs auth (--oip-auth)" in done.stderr

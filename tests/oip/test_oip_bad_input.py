@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from kernel_oip.proto import grpc_service_pb2 as pb
 from kernel_oip.proto import grpc_service_pb2_grpc as pb_grpc
 
+from kernel import DATATYPES
 from tests.conftest import Server
 from tests.oip.oip_models import kinds_inputs, repository
 from tests.oip.oip_support import start_server
@@ -116,10 +118,10 @@ JSON_DATA = {
     "INT32 bool nested": ("INT32", [[1, 2, 3], [4, 5, True]], must("INT32", "integers from -2147483648 to 2147483647")
                           + "Expected `int`, got `bool` - at `data[1][2]`"),
     "UINT8 negative": ("UINT8", [-1] * 6, must("UINT8", "integers from 0 to 255") + "Expected `int` >= 0 - at `data[0]`"),
-    "UINT64 too large": ("UINT64", [2**64] * 6,
-                         must("UINT64", "integers from 0 to 18446744073709551615") + "a value is out of range"),
-    "FP16 too large": ("FP16", [1, 1e6, 0, 0, 0, 0], must("FP16", NUMBERS) + "a value is out of range"),
-    "FP32 too large": ("FP32", [1, 1e39, 0, 0, 0, 0], must("FP32", NUMBERS) + "a value is out of range"),
+    "UINT64 too large": ("UINT64", [[0, 1, 2], [3, 2**64, 5]], must("UINT64", "integers from 0 to 18446744073709551615")
+                         + "18446744073709551616 is out of range - at `data[1][1]`"),
+    "FP16 too large": ("FP16", [1, 2, 3, 70000, 0, 0], must("FP16", NUMBERS) + "70000.0 is out of range - at `data[3]`"),
+    "FP32 too large": ("FP32", [[1, 0, 0], [0, -1e39, 0]], must("FP32", NUMBERS) + "-1e+39 is out of range - at `data[1][1]`"),
     "BYTES objects": ("BYTES", [{"ab": 1, "cd": 2}, {"x": 1, "y": 2}, {"z": 1, "w": 2}],
                       must("BYTES", STRINGS) + "Expected `str`, got `object` - at `data[0]`"),
     "BYTES numbers": ("BYTES", [1] * 6, must("BYTES", STRINGS) + "Expected `str`, got `int` - at `data[0]`"),
@@ -156,6 +158,27 @@ def test_json_data_at_the_edges_of_each_datatype_reaches_the_model_exactly(http)
         assert got[f"out_{kind}"] == np.array(data, dtype=object).reshape(-1).tolist(), kind
 
 
+NO_FLOAT = {
+    "flat": ("FP64", [1, 2, 3, 4, 5, "BIG"], must("FP64", NUMBERS) + "Number out of range - at `data[5]`"),
+    "nested": ("FP64", [[1, 2, 3], ["BIG", 5, 6]], must("FP64", NUMBERS) + "Number out of range - at `data[1][0]`"),
+    "integer datatype": ("INT8", [1, 2, 3, 4, 5, "BIG"],
+                         must("INT8", "integers from -128 to 127") + "Number out of range - at `data[5]`"),
+    "unknown datatype": ("BF16", ["BIG"] * 6,
+                         "input 'in_BF16': data must be JSON numbers, booleans or strings; Number out of range - at `data[0]`"),
+}
+
+
+@pytest.mark.parametrize("case", NO_FLOAT)
+def test_a_number_no_float_holds_is_a_400_naming_its_input(http, case):
+    # 1e400 fails as the body is decoded, before the input's datatype is known to be right
+    kind, data, message = NO_FLOAT[case]
+    inputs = [{"name": "in_FP32", "shape": [2, 3], "datatype": "FP32", "data": [0] * 6},
+              {"name": f"in_{kind}", "shape": [2, 3], "datatype": kind, "data": data}]
+    body = json.dumps({"inputs": inputs}).replace('"BIG"', "-1e400").encode()
+    answer = http.post("/v2/models/kinds/infer", content=body)
+    assert (answer.status_code, answer.json()) == (400, {"error": message})
+
+
 def test_a_json_string_that_is_not_utf8_is_a_400(http):
     body = json.dumps(kinds_request()).replace('"s0-', '"\xff', 1).encode("latin-1")
     answer = http.post("/v2/models/kinds/infer", content=body)
@@ -178,6 +201,26 @@ def test_json_the_decoder_cannot_read_is_a_400(http, case):
     path, body, error = UNREADABLE[case]
     answer = http.post(path, content=body)
     assert (answer.status_code, answer.json()) == (400, error)
+
+
+NOT_SERVED = ["/v2/models/affine/config", "/v2/models/affine/versions/1/stats", "/v2/models/affine/stats",
+              "/v2/trace/setting", "/v2/logging", "/v2/systemsharedmemory/status",
+              "/v2/cudasharedmemory/region/r/register", "/v2/repository/models/affine/nope", "/v2/health/nope",
+              "/v2/models", "/v2/models/affine/versions", "/v2/repository", "/v2/repository/models/affine"]
+
+
+@pytest.mark.parametrize("path", NOT_SERVED)
+def test_paths_under_v2_that_are_not_served_are_404_in_the_protocols_shape(http, path):
+    # tritonclient reads `error` from every answer that is not a success
+    for method in ("GET", "POST"):
+        answer = http.request(method, path)
+        assert (answer.status_code, answer.json()) == (404, {"error": f"{method} {path} is not served"})
+
+
+def test_paths_outside_v2_are_left_to_the_kernel(http):
+    answer = http.get("/v2x")
+    assert (answer.status_code, answer.json()) == (404, {"detail": "Not Found"})
+    assert http.get("/-/ready").status_code == 200
 
 
 def test_unknown_model_and_version_are_404(http):
@@ -265,6 +308,94 @@ def test_grpc_refuses_what_it_cannot_honour_as_rest_does(stub):
                           ("classification", "output 'y': the classification extension is not supported"),
                           ("output_shm", "output 'y': shared memory is not supported")):
         assert grpc_error(stub.ModelInfer, request(**{kind: True})) == (grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+#: The typed contents field of each datatype (FP16 has none: it travels as raw bytes only).
+FIELDS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+          "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+          "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents"}
+
+
+def typed_request(**data: tuple[str, list]) -> pb.ModelInferRequest:
+    """A ModelInfer to the typed model, every input in its typed contents, but those given as (field, values)."""
+    request = pb.ModelInferRequest(model_name="typed")
+    for kind, field in FIELDS.items():
+        field, values = data.get(kind, (field, kinds_inputs()[kind].reshape(-1).tolist()))
+        tensor = request.inputs.add(name=f"in_{kind}", datatype=kind, shape=[2, 3])
+        getattr(tensor.contents, field).extend(values)
+    return request
+
+
+TYPED_OUT_OF_RANGE = {
+    "INT8": ([1, 2, 3, 400, 5, 6], "integers from -128 to 127", "400 is out of range - at `int_contents[3]`"),
+    "INT16": ([-40000, 2, 3, 4, 5, 6], "integers from -32768 to 32767", "-40000 is out of range - at `int_contents[0]`"),
+    "UINT8": ([1, 2, 3, 4, 5, 256], "integers from 0 to 255", "256 is out of range - at `uint_contents[5]`"),
+    "UINT16": ([1, 70000, 3, 4, 5, 6], "integers from 0 to 65535", "70000 is out of range - at `uint_contents[1]`"),
+}
+
+
+@pytest.mark.parametrize("kind", TYPED_OUT_OF_RANGE)
+def test_grpc_typed_contents_out_of_the_datatypes_range_are_refused(stub, kind):
+    # protobuf has no 8- or 16-bit fields: a cast would wrap 400 to -112 as INT8
+    values, expected, problem = TYPED_OUT_OF_RANGE[kind]
+    assert grpc_error(stub.ModelInfer, typed_request(**{kind: (FIELDS[kind], values)})) == (
+        grpc.StatusCode.INVALID_ARGUMENT, f"input 'in_{kind}': {kind} data must be {expected}; {problem}")
+
+
+def test_grpc_typed_contents_at_the_edges_of_each_datatype_reach_the_model_exactly(stub):
+    edges = {
+        "BOOL": [True, False, True, False, False, True],
+        "INT8": [-128, 127, 0, -1, 1, 2], "INT16": [-32768, 32767, 0, -1, 1, 2],
+        "INT32": [-2**31, 2**31 - 1, 0, -1, 1, 2], "INT64": [-2**63, 2**63 - 1, 0, -1, 1, 2],
+        "UINT8": [0, 255, 1, 2, 3, 4], "UINT16": [0, 65535, 1, 2, 3, 4],
+        "UINT32": [0, 2**32 - 1, 1, 2, 3, 4], "UINT64": [0, 2**64 - 1, 1, 2, 3, 4],
+        "FP32": [3.4028234663852886e38, -1.5, float("inf"), 0, 1, 2], "FP64": [1e300, -2.5, float("-inf"), 0, 1, 2],
+    }
+    answer = stub.ModelInfer(typed_request(**{kind: (FIELDS[kind], data) for kind, data in edges.items()}), timeout=10)
+    got = dict(zip((o.name for o in answer.outputs), answer.raw_output_contents))
+    for kind, data in edges.items():
+        dtype = DATATYPES[kind]
+        np.testing.assert_array_equal(np.frombuffer(got[f"out_{kind}"], dtype), np.array(data, dtype), err_msg=kind)
+
+
+WRONG_FIELD = {
+    "FP32 in int_contents": ("affine", "x", "FP32", {"int_contents": [1] * 8},
+                             "input 'x': FP32 data must be in fp32_contents, got int_contents"),
+    "INT64 in int_contents": ("typed", "in_INT64", "INT64", {"int_contents": [1] * 6},
+                              "input 'in_INT64': INT64 data must be in int64_contents, got int_contents"),
+    "a second field": ("affine", "x", "FP32", {"int_contents": [1] * 8, "fp32_contents": [1] * 8},
+                       "input 'x': FP32 data must be in fp32_contents, got int_contents, fp32_contents"),
+    "FP16 typed": ("kinds", "in_FP16", "FP16", {"fp32_contents": [1] * 6},
+                   "input 'in_FP16': FP16 data must be in raw_input_contents, got fp32_contents"),
+}
+
+
+@pytest.mark.parametrize("case", WRONG_FIELD)
+def test_grpc_typed_contents_in_another_field_than_the_datatypes_are_named(stub, case):
+    model, name, kind, fields, message = WRONG_FIELD[case]
+    request = pb.ModelInferRequest(model_name=model)
+    tensor = request.inputs.add(name=name, datatype=kind, shape=[2, 4] if model == "affine" else [2, 3])
+    for field, values in fields.items():
+        getattr(tensor.contents, field).extend(values)
+    assert grpc_error(stub.ModelInfer, request) == (grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+#: The RPCs served; the generated service has more.
+SERVED_RPCS = {"ServerLive", "ServerReady", "ServerMetadata", "ModelReady", "ModelMetadata", "ModelInfer",
+               "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"}
+
+
+def test_grpc_rpcs_not_served_are_unimplemented_naming_the_rpc_and_log_no_warning(server, stub):
+    methods = [m for m in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods if m.name not in SERVED_RPCS]
+    assert {"ModelConfig", "ModelStatistics", "ModelStreamInfer", "TraceSetting", "LogSettings"} <= {m.name for m in methods}
+    logged = len(server[0].output())
+    for method in methods:
+        call, request = getattr(stub, method.name), getattr(pb, method.input_type.name)()
+        with pytest.raises(grpc.RpcError) as info:
+            list(call(iter([request]), timeout=10)) if method.client_streaming else call(request, timeout=10)
+        assert (info.value.code(), info.value.details()) == (
+            grpc.StatusCode.UNIMPLEMENTED, f"{method.name} is not served"), method.name
+    assert not re.search(r"\b(WARNING|ERROR)\b|Traceback", server[0].output()[logged:])
 
 
 def test_grpc_good_request_after_bad_ones(stub):

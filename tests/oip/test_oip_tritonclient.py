@@ -132,3 +132,8 @@ def test_bad_requests_are_clear_errors(seen):
     short = grpc["typed"]["short"]
     assert short["status"] == "StatusCode.INVALID_ARGUMENT"
     assert short["message"] == "input 'x': 2 elements of data, expected 8 for shape [2, 4]"
+
+
+def test_what_is_not_served_is_an_error_tritonclient_reads(seen):
+    assert seen["http"]["model_config"] == {"status": "404", "message": "GET /v2/models/affine/config is not served"}
+    assert seen["grpc"]["model_config"] == {"status": "StatusCode.UNIMPLEMENTED", "message": "ModelConfig is not served"}

@@ -16,3 +16,10 @@ class OipConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pdp_url: str | None = None
     #: Seconds to wait for the policy decision point before denying.
     pdp_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+
+    def __post_init__(self) -> None:
+        # The PDP is asked about a caller's token: without auth there is none to ask about,
+        # and a server its operator believes guarded would serve everyone.
+        if self.pdp_url is not None and not self.auth:
+            raise ValueError("pdp_url (--oip-pdp-url) needs auth (--oip-auth): the policy decision point is "
+                             "asked only about authenticated calls, and without auth every call is served")

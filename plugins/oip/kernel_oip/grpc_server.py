@@ -14,11 +14,20 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+import numpy as np
 
-from kernel import InvalidInput, KernelError, datatype_name
+from kernel import DATATYPES, InvalidInput, KernelError, datatype_name
 from kernel_oip.proto import grpc_service_pb2 as pb
 from kernel_oip.proto import grpc_service_pb2_grpc as pb_grpc
-from kernel_oip.service import INFER, READ, REPOSITORY, OipService, WireTensor, check_input_parameters
+from kernel_oip.service import (
+    INFER,
+    READ,
+    REPOSITORY,
+    Contents,
+    OipService,
+    WireTensor,
+    check_input_parameters,
+)
 from kernel_oip.tensors import raw, select_outputs
 
 log = logging.getLogger("kernel.oip.grpc")
@@ -34,12 +43,15 @@ _CODES = {
     503: grpc.StatusCode.UNAVAILABLE,
 }
 
-#: Datatype -> the typed contents field that carries it (FP16 travels only as raw bytes).
+#: Datatype -> the typed contents field that carries it, and that field's element type
+#: (FP16 travels only as raw bytes).
 _CONTENTS = {
-    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
-    "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
-    "FP64": "fp64_contents", "BYTES": "bytes_contents",
+    "BOOL": ("bool_contents", np.bool_), "INT8": ("int_contents", np.int32),
+    "INT16": ("int_contents", np.int32), "INT32": ("int_contents", np.int32),
+    "INT64": ("int64_contents", np.int64), "UINT8": ("uint_contents", np.uint32),
+    "UINT16": ("uint_contents", np.uint32), "UINT32": ("uint_contents", np.uint32),
+    "UINT64": ("uint64_contents", np.uint64), "FP32": ("fp32_contents", np.float32),
+    "FP64": ("fp64_contents", np.float64), "BYTES": ("bytes_contents", np.object_),
 }
 _BEARER = re.compile(r"^\s*Bearer\s+(\S+)\s*$", re.IGNORECASE)
 
@@ -153,6 +165,20 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
 
+def _not_served(name: str) -> Handler:
+    async def handler(self: Servicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        log.debug("%s is not served", name)
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not served")
+
+    return handler
+
+
+# The generated base answers the RPCs not served by raising NotImplementedError, which
+# grpcio logs as an error with its traceback on every call: answer them plainly instead.
+for _method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+    if _method.name not in Servicer.__dict__:
+        setattr(Servicer, _method.name, _not_served(_method.name))
+
 _Output = pb.ModelInferResponse.InferOutputTensor
 
 
@@ -168,13 +194,25 @@ def _wire_inputs(request: Any) -> list[WireTensor]:
         check_input_parameters(tensor.name, tensor.parameters)
         if raws and tensor.HasField("contents"):
             raise InvalidInput(f"input {tensor.name!r} has both contents and raw_input_contents")
-        if raws:
-            data: Any = raws[i]
-        else:
-            field = _CONTENTS.get(tensor.datatype)
-            data = getattr(tensor.contents, field) if field and tensor.HasField("contents") else None
+        data = raws[i] if raws else _contents(tensor)
         tensors.append(WireTensor(tensor.name, tensor.datatype, list(tensor.shape), data))
     return tensors
+
+
+def _contents(tensor: Any) -> Contents | None:
+    """An input's typed contents, from the one field its datatype takes: values in another
+    field would otherwise read as no data at all."""
+    if not tensor.HasField("contents"):
+        return None
+    field, element = _CONTENTS.get(tensor.datatype, ("raw_input_contents", None))  # FP16 has no typed field
+    given = [f.name for f, _ in tensor.contents.ListFields()]
+    if given and given != [field] and tensor.datatype in DATATYPES:  # an unknown one is named later
+        raise InvalidInput(
+            f"input {tensor.name!r}: {tensor.datatype} data must be in {field}, got {', '.join(given)}"
+        )
+    if element is None:
+        return None
+    return Contents(field, np.array(getattr(tensor.contents, field), dtype=element))
 
 
 class GrpcServer:

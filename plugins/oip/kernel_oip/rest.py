@@ -8,19 +8,20 @@ the header's length. Answers use the same layout for outputs asked with `binary_
 
 from __future__ import annotations
 
+import re
 import zlib
 from typing import Any
 
 import msgspec
 import numpy as np
-from litestar import Request, Response, Router, get, post
+from litestar import Request, Response, Router, get, post, route
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 from litestar.params import FromPath
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 import kernel
-from kernel import BadRequest, InvalidInput, PayloadTooLarge, Unavailable
+from kernel import BadRequest, InvalidInput, NotFound, PayloadTooLarge, Unavailable
 from kernel_oip.service import (
     INFER,
     READ,
@@ -31,7 +32,7 @@ from kernel_oip.service import (
     WireTensor,
     check_input_parameters,
 )
-from kernel_oip.tensors import as_json_data, raw
+from kernel_oip.tensors import as_json_data, json_must, raw
 
 HEADER_LENGTH = "inference-header-content-length"
 JSON = "application/json"
@@ -68,6 +69,21 @@ class _LoadRequest(msgspec.Struct):
 
 class _IndexRequest(msgspec.Struct):
     ready: bool = False
+
+
+class _Named(msgspec.Struct):
+    name: Any = None
+    datatype: Any = None
+
+
+class _NamedInputs(msgspec.Struct):
+    """Only what names an input, read again to say whose `data` failed to decode."""
+
+    inputs: list[_Named]
+
+
+#: msgspec's error for a value in an input's `data`, and where it is below `data`.
+_IN_DATA = re.compile(r"(.*) - at `\$\.inputs\[(\d+)\]\.data(.*)`", re.DOTALL)
 
 
 def _oip_error(status: int, message: str) -> dict[str, str]:
@@ -161,19 +177,54 @@ def router(service: OipService) -> Router:
         await service.unload(name)
         return Response(b"", media_type=JSON)
 
+    served = [live, ready, server_metadata, model_metadata, model_ready, infer,
+              repository_index, repository_load, repository_unload]
+
+    # Litestar's own 404 is `{"detail": ...}`, which tritonclient cannot read.
+    @route(_unserved({path for handler in served for path in handler.paths}), include_in_schema=False,
+           http_method=["GET", "POST", "PUT", "PATCH", "DELETE"], sync_to_thread=False)
+    def not_served(request: Request) -> None:
+        raise NotFound(f"{request.method} {request.url.path} is not served")
+
     return Router(
         path="/",
-        route_handlers=[live, ready, server_metadata, model_metadata, model_ready, infer,
-                        repository_index, repository_load, repository_unload],
+        route_handlers=[*served, not_served],
         exception_handlers=service.kernel.error_handlers(_oip_error),
     )
 
 
-def _decode(data: bytes, kind: type[Any]) -> Any:
+def _unserved(served: set[str]) -> list[str]:
+    """The paths of a route answering every path under /v2 that no route in `served` serves.
+    Litestar matches a path segment by segment and never backtracks, so a catch-all at /v2
+    alone would not get /v2/models/m/config: each branch of the routes needs its own, and so
+    does each path that routes run through without serving it (/v2/models)."""
+    following: dict[str, set[str]] = {}
+    for path in served:
+        parts = path.split("/")
+        for end in range(2, len(parts)):
+            following.setdefault("/".join(parts[:end]), set()).add(parts[end])
+    paths = []
+    for prefix, segments in following.items():
+        if prefix not in served:
+            paths.append(prefix)
+        # Beside a path parameter (which takes any segment already) there is no room for one.
+        if not any(segment.startswith("{") for segment in segments):
+            paths.append(f"{prefix}/{{rest:path}}")
+    return paths
+
+
+def _decode(data: bytes | memoryview, kind: type[Any]) -> Any:
     try:
         return msgspec.json.decode(data, type=kind)
     except msgspec.ValidationError as exc:
-        raise BadRequest(f"invalid request: {exc}") from None
+        match = _IN_DATA.fullmatch(str(exc))
+        if match is None:
+            raise BadRequest(f"invalid request: {exc}") from None
+        # Only a number no float holds (1e400) fails inside `data`, whose elements are checked
+        # for their datatype later: name its input and element as those checks do.
+        tensor = _decode(data, _NamedInputs).inputs[int(match[2])]
+        must = json_must(tensor.name, tensor.datatype)
+        raise InvalidInput(f"{must}; {match[1]} - at `data{match[3]}`") from None
     except msgspec.DecodeError:
         raise BadRequest("the request is not valid JSON") from None
     except UnicodeDecodeError:  # what msgspec raises for a string that is not UTF-8

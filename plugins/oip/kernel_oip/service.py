@@ -28,7 +28,7 @@ from kernel import __version__ as kernel_version
 from kernel_oip.batching import Batcher
 from kernel_oip.config import OipConfig
 from kernel_oip.pdp import PolicyDecisionPoint
-from kernel_oip.tensors import check_header, from_buffer, from_json, from_list, input_infos
+from kernel_oip.tensors import check_header, from_buffer, from_contents, from_json, input_infos
 
 if TYPE_CHECKING:
     from kernel import Kernel, Model
@@ -52,13 +52,21 @@ class JsonData(NamedTuple):
     value: Any
 
 
+class Contents(NamedTuple):
+    """A gRPC input's typed contents: the field they came in and its values, as an array of
+    the field's type (int32 for `int_contents`, whichever integer datatype they are for)."""
+
+    field: str
+    values: np.ndarray
+
+
 class WireTensor(NamedTuple):
     """A request tensor as it came: raw bytes, JSON data, typed values, or no data at all."""
 
     name: str
     datatype: str
     shape: Sequence[int]
-    data: bytes | memoryview | JsonData | Sequence[Any] | None
+    data: bytes | memoryview | JsonData | Contents | None
 
 
 class Plan:
@@ -227,7 +235,7 @@ class OipService:
             elif isinstance(tensor.data, JsonData):
                 arrays[tensor.name] = from_json(info, tensor.shape, tensor.data.value)
             else:
-                arrays[tensor.name] = from_list(info, tensor.shape, tensor.data)
+                arrays[tensor.name] = from_contents(info, tensor.shape, tensor.data.values, tensor.data.field)
         return arrays
 
     async def infer(self, model: Model, plan: Plan, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -74,19 +74,41 @@ def from_buffer(info: TensorInfo, shape: Sequence[int], buffer: bytes | memoryvi
     return array if array.flags.aligned else array.copy()
 
 
-def from_list(info: TensorInfo, shape: Sequence[int], data: Sequence[Any]) -> np.ndarray:
-    """An array from gRPC typed contents: a flat sequence that protobuf has typed already."""
-    if info.datatype == "BYTES":
-        array = np.empty(len(data), dtype=object)
-        array[:] = list(data)
+def from_contents(info: TensorInfo, shape: Sequence[int], values: np.ndarray, field: str) -> np.ndarray:
+    """An array from gRPC typed contents, `values` as their protobuf `field` holds them
+    (int32 for `int_contents`): narrowed to the datatype only once each value fits it."""
+    datatype = info.datatype
+    if datatype != "BYTES":
+        must = f"input {info.name!r}: {datatype} data must be {_json_element(datatype)[1]}"
+        _check_range(must, datatype, values, field)
+        values = values.astype(DATATYPES[datatype], copy=False)
+    return _shaped(info, shape, values)
+
+
+def _check_range(must: str, datatype: str, values: np.ndarray, where: str) -> None:
+    """Refuse `values` (of a type at least as wide as the datatype's) that `datatype` cannot
+    hold, naming the first by its index in `where`. NumPy compares the whole array, where a
+    cast would turn 400 into -112 as INT8, or 70000 into an infinity as FP16."""
+    dtype = DATATYPES[datatype]
+    if np.can_cast(values.dtype, dtype):
+        return
+    if dtype.kind == "f":
+        with np.errstate(over="ignore"):
+            bad = np.isfinite(values) & ~np.isfinite(values.astype(dtype))
     else:
-        try:
-            array = np.array(data, dtype=DATATYPES[info.datatype])
-        except (ValueError, TypeError, OverflowError):
-            raise InvalidInput(
-                f"input {info.name!r}: data is not a regular array of {info.datatype} values"
-            ) from None
-    return _shaped(info, shape, array)
+        bounds = np.iinfo(dtype)
+        bad = (values < int(bounds.min)) | (values > int(bounds.max))
+    if bad.any():
+        index = np.unravel_index(np.argmax(bad), bad.shape)
+        at = "".join(f"[{i}]" for i in index)
+        raise InvalidInput(f"{must}; {values[index]} is out of range - at `{where}{at}`")
+
+
+def json_must(name: str, datatype: Any) -> str:
+    """The start of an error in an input's JSON `data`: the JSON its datatype takes."""
+    if not isinstance(datatype, str) or datatype not in DATATYPES:  # the datatype check names it later
+        return f"input {name!r}: data must be JSON numbers, booleans or strings"
+    return f"input {name!r}: {datatype} data must be JSON {_json_element(datatype)[1]}"
 
 
 def from_json(info: TensorInfo, shape: Sequence[int], data: Any) -> np.ndarray:
@@ -97,30 +119,38 @@ def from_json(info: TensorInfo, shape: Sequence[int], data: Any) -> np.ndarray:
     depth = _depth(data)
     if depth > max(len(shape), 1):
         raise InvalidInput(f"input {name!r}: data is nested deeper than its shape {list(shape)}")
-    kind, expected = _json_type(datatype, depth)
-    must = f"input {name!r}: {datatype} data must be JSON {expected}"
+    must = json_must(name, datatype)
     try:
-        array = _json_array(datatype, msgspec.convert(data, kind), depth)
+        array = _json_array(must, datatype, msgspec.convert(data, _json_type(datatype, depth)), depth)
     except msgspec.ValidationError as exc:
         raise InvalidInput(f"{must}; {str(exc).replace('`$', '`data', 1)}") from None
-    except OverflowError:  # a UINT64 value above its range: msgspec's bounds stop at int64's
-        raise InvalidInput(f"{must}; a value is out of range") from None
+    except InvalidInput:  # a value out of range, named already (InvalidInput is a ValueError)
+        raise
     except ValueError:
         raise InvalidInput(f"input {name!r}: data is not a regular array of {datatype} values") from None
     return _shaped(info, shape, array)
 
 
-def _json_array(datatype: str, values: Any, depth: int) -> np.ndarray:
+def _json_array(must: str, datatype: str, values: Any, depth: int) -> np.ndarray:
     """The array of decoded `values` (for BYTES, flat and of UTF-8 bytes); ValueError where
     they are ragged."""
     if datatype != "BYTES":
         dtype = DATATYPES[datatype]
-        with np.errstate(over="ignore"):
-            array = np.array(values, dtype=dtype)
-        # JSON numbers are finite: an infinity here is a value past FP16's or FP32's range
-        if dtype.kind == "f" and not np.isfinite(array).all():
-            raise OverflowError
-        return array
+        try:
+            with np.errstate(over="ignore"):
+                array = np.array(values, dtype=dtype)
+        except OverflowError:  # a UINT64 value above its range: msgspec's bounds stop at int64's
+            wide = np.array(values, dtype=object)
+        else:
+            # JSON numbers are finite: an infinity here is a value past FP16's or FP32's range.
+            # Only then are the values read again, so that FP32 data needs no wider copy.
+            if dtype.kind != "f" or np.isfinite(array).all():
+                return array
+            wide = np.array(values, dtype=np.float64)
+        if wide.ndim != depth:  # ragged: NumPy keeps the uneven lists as elements
+            raise ValueError("ragged")
+        _check_range(must, datatype, wide, "data")
+        return wide.astype(dtype)
     strings = np.array(values, dtype=object)
     if strings.ndim != depth:  # ragged: NumPy keeps the uneven lists as elements
         raise ValueError("ragged")
@@ -150,15 +180,17 @@ def _depth(data: Any) -> int:
 
 
 @functools.cache
-def _json_type(datatype: str, depth: int) -> tuple[Any, str]:
-    """The type of `depth` nested lists of `datatype`'s elements, and what they must be."""
-    element, expected = _json_element(datatype)
+def _json_type(datatype: str, depth: int) -> Any:
+    """The type of `depth` nested lists of `datatype`'s elements."""
+    element = _json_element(datatype)[0]
     for _ in range(depth):
         element = list[element]
-    return element, expected
+    return element
 
 
+@functools.cache
 def _json_element(datatype: str) -> tuple[Any, str]:
+    """The type of `datatype`'s elements in JSON, and what they must be."""
     if datatype == "BOOL":
         return bool, "true or false"
     if datatype == "BYTES":
