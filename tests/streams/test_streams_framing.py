@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 import subprocess
 import sys
 
@@ -102,3 +103,11 @@ def test_the_users_command_has_help_and_explains_a_file_it_cannot_write(tmp_path
         f"python -m kernel_streams.users: cannot update {tmp_path / 'nodir' / 'u.txt'}: No such file or directory"]
     assert users(str(tmp_path / "u.txt"), "dave").returncode == 0
     assert Users(load_users(str(tmp_path / "u.txt")), dev_login=False).check("dave", "pw")
+    # written whole, for its owner alone, nothing left beside it; through a symlink, where it points
+    (tmp_path / "link.txt").symlink_to(tmp_path / "u.txt")
+    assert users(str(tmp_path / "link.txt"), "erin").returncode == 0
+    assert (tmp_path / "link.txt").is_symlink() and stat.S_IMODE((tmp_path / "u.txt").stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.txt", "u.txt"]
+    assert Users(load_users(str(tmp_path / "u.txt")), dev_login=False).check("dave", "pw")
+    (tmp_path / "latin.txt").write_bytes(b"caf\xe9:x\n")
+    assert users(str(tmp_path / "latin.txt"), "dave").stderr.endswith("it is not a UTF-8 text file\n")

@@ -113,12 +113,33 @@ def main(argv: list[str]) -> int:
         kept = []
         if path.exists():
             kept = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.partition(":")[0] != name]
-        path.write_text("\n".join([*kept, f"{name}:{hash_password(password)}"]) + "\n", encoding="utf-8")
-        os.chmod(path, 0o600)
+        _replace(path, "\n".join([*kept, f"{name}:{hash_password(password)}"]) + "\n")
     except OSError as exc:
         print(f"{parser.prog}: cannot update {path}: {exc.strerror}", file=sys.stderr)
         return 1
+    except UnicodeDecodeError:
+        print(f"{parser.prog}: cannot update {path}: it is not a UTF-8 text file", file=sys.stderr)
+        return 1
     return 0
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write `path` whole or not at all, readable by its owner alone from the first byte
+    (a server reading it meanwhile sees the old users or the new ones). A symlinked file
+    (a mounted secret) is written where it points."""
+    path = path.resolve()
+    staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(staged, path)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    kernel.fsync_dir(path.parent)
 
 
 if __name__ == "__main__":
