@@ -398,6 +398,19 @@ def test_grpc_rpcs_not_served_are_unimplemented_naming_the_rpc_and_log_no_warnin
     assert not re.search(r"\b(WARNING|ERROR)\b|Traceback", server[0].output()[logged:])
 
 
+def test_a_grpc_message_that_does_not_decode_is_invalid_argument(server):
+    # model_name (field 1) holding bytes that are not UTF-8, and a message cut short
+    with grpc.insecure_channel(f"127.0.0.1:{server[1]}") as channel:
+        for method, raw in (("ModelInfer", b"\x0a\x01\xff"), ("ModelMetadata", b"\x0a\x05ab"),
+                            ("RepositoryModelLoad", b"\x12\x01\xff")):
+            call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}",
+                                       request_serializer=lambda data: data, response_deserializer=lambda data: data)
+            with pytest.raises(grpc.RpcError) as info:
+                call(raw, timeout=10)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+            assert info.value.details().startswith(f"the request is not a valid {method}Request"), method
+
+
 def test_grpc_good_request_after_bad_ones(stub):
     request = pb.ModelInferRequest(model_name="affine", id="after")
     request.inputs.add(name="x", datatype="FP32", shape=[2, 4])

@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from kernel import DATATYPES, InvalidInput, KernelError, datatype_name
 from kernel_oip.proto import grpc_service_pb2 as pb
@@ -53,6 +54,7 @@ _CONTENTS = {
     "UINT64": ("uint64_contents", np.uint64), "FP32": ("fp32_contents", np.float32),
     "FP64": ("fp64_contents", np.float64), "BYTES": ("bytes_contents", np.object_),
 }
+_SERVICE = "inference.GRPCInferenceService"
 _BEARER = re.compile(r"^\s*Bearer\s+(\S+)\s*$", re.IGNORECASE)
 
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -215,6 +217,47 @@ def _contents(tensor: Any) -> Contents | None:
     return Contents(field, np.array(getattr(tensor.contents, field), dtype=element))
 
 
+class _Undecodable:
+    """A request that is not a valid message of its RPC; the RPC answers INVALID_ARGUMENT."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _decoder(message: Any) -> Callable[[bytes], Any]:
+    def decode(data: bytes) -> Any:
+        try:
+            return message.FromString(data)
+        except DecodeError as exc:  # raised here, grpcio would answer UNKNOWN and log a traceback
+            return _Undecodable(f"the request is not a valid {message.__name__}: {str(exc).rpartition(': ')[2]}")
+
+    return decode
+
+
+def _checked(behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, _Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+        return await behavior(request, context)
+
+    return call
+
+
+def _method_handlers(servicer: Servicer) -> dict[str, grpc.RpcMethodHandler]:
+    """What the generated registration holds, but each unary RPC decoding its own request."""
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+        request, response = getattr(pb, method.input_type.name), getattr(pb, method.output_type.name)
+        behavior = getattr(servicer, method.name)
+        if method.client_streaming or method.server_streaming:  # ModelStreamInfer, not served
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                behavior, request.FromString, response.SerializeToString)
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _checked(behavior), _decoder(request), response.SerializeToString)
+    return handlers
+
+
 class GrpcServer:
     """The asyncio gRPC server, started and stopped with the kernel."""
 
@@ -228,7 +271,9 @@ class GrpcServer:
             # A port already taken must be an error, not a silently shared socket.
             ("grpc.so_reuseport", 0),
         ])
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(service), self._server)
+        handlers = _method_handlers(Servicer(service))
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, handlers),))
+        self._server.add_registered_method_handlers(_SERVICE, handlers)
 
     async def start(self) -> None:
         try:
