@@ -113,7 +113,7 @@ def test_repository_index_load_and_unload(seen):
     after = {(m["name"], m["version"]): m for m in http["index_after_unload"]}
     assert after[("affine", "1")]["state"] == "UNAVAILABLE"
     assert grpc["ready_before_load"] is False and grpc["ready_after_load"] is True
-    assert grpc["ready_after_unload"] is False
+    assert grpc["ready_after_unload"] is False and grpc["ready_unknown"] == [False, False]
     assert {"name": "versioned", "version": "2", "state": "READY"}.items() <= next(
         m for m in grpc["index"]["models"] if m["name"] == "versioned" and m["version"] == "2").items()
 

@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from kernel import DATATYPES, InvalidInput, KernelError, datatype_name
+from kernel import DATATYPES, InvalidInput, KernelError, NotFound, datatype_name
 from kernel_oip.proto import grpc_service_pb2 as pb
 from kernel_oip.proto import grpc_service_pb2_grpc as pb_grpc
 from kernel_oip.service import (
@@ -116,7 +116,10 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @rpc(READ, _model_name)
     async def ModelReady(self, request: Any, context: Any) -> Any:
-        return pb.ModelReadyResponse(ready=self.service.ready(request.name, request.version))
+        try:
+            return pb.ModelReadyResponse(ready=self.service.ready(request.name, request.version))
+        except NotFound:  # as Triton answers: tritonclient then says False rather than raising
+            return pb.ModelReadyResponse(ready=False)
 
     @rpc(READ, _model_name)
     async def ModelMetadata(self, request: Any, context: Any) -> Any:

@@ -149,6 +149,8 @@ def grpc_checks(addr: str) -> dict[str, Any]:
     r["typed"] = typed_contents(addr)
     c.unload_model("versioned")
     r["ready_after_unload"] = c.is_model_ready("versioned", "2")
+    # Triton answers an unknown model or version not ready rather than failing the call
+    r["ready_unknown"] = [c.is_model_ready("no-such-model"), c.is_model_ready("versioned", "7")]
     c.close()
     return r
 
