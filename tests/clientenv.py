@@ -48,7 +48,7 @@ def client_python(name: str, requirements: Sequence[str], local: Sequence[Path] 
             sources.append(str(copy))
         done = subprocess.run(
             [str(python), "-m", "pip", "install", "-q", *requirements, *sources],
-            capture_output=True, text=True,
+            capture_output=True, text=True, check=False,  # the caller reports the failure
         )
         if done.returncode != 0:
             raise RuntimeError(f"installing {name} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")

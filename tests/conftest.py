@@ -72,7 +72,7 @@ def run_kernel(args: Sequence[str], home: Path, timeout: float = 60, **env: str)
     """Run the `kernel` command to completion."""
     return subprocess.run(
         [*KERNEL, *args], capture_output=True, text=True, timeout=timeout,
-        env=kernel_env(home, **env), stdin=subprocess.DEVNULL,
+        env=kernel_env(home, **env), stdin=subprocess.DEVNULL, check=False,  # callers check the status
     )
 
 
