@@ -105,7 +105,7 @@ def test_pull_blocks_until_data_arrives_and_honours_last_entry_id_and_ack(ptgctl
             await task
             ids = [ts for _, ts, _ in api.data("live", last_entry_id="0", count=10)]
             after = []
-            async with api.data_pull_connect("live", last_entry_id=ids[0], ack=True, timeout=1000) as ws:
+            async with api.data_pull_connect("live", last_entry_id=ids[0], latest=False, ack=True, timeout=1000) as ws:
                 while len(after) < 2:
                     after += await ws.recv_data()
             return {"first": first[0][2].decode(), "waited": waited,
@@ -115,6 +115,38 @@ def test_pull_blocks_until_data_arrives_and_honours_last_entry_id_and_ack(ptgctl
     assert out["first"] == "live0"
     assert out["waited"] >= 0.7  # it blocked for the pusher, past several server-side read rounds
     assert out["after"] == ["live1", "live2"]
+
+
+def test_pull_is_a_live_view_by_default_for_ids_holding_a_dash_as_in_ptg(ptgctl_python, streams, tmp_path):
+    """PTG's default: `latest` when `last_entry_id`, all of it, holds `$` or `-`; a live view
+    sends only the newest entry after the cursor. `latest=` given explicitly wins."""
+    out = run_ptgctl(ptgctl_python, tmp_path, streams, """
+        async def main():
+            async with api.data_push_connect("dash", ack=True) as ws:
+                for i in range(1, 4):
+                    await ws.send_data(b"e%d" % i)
+            e1 = api.data("dash", last_entry_id="0")[0][1]
+
+            async def pull(sid="dash", **kw):
+                got = []
+                async with api.data_pull_connect(sid, timeout=300, **kw) as ws:
+                    while True:  # until the server closes after the timeout; ptgctl swallows the close
+                        got += await ws.recv_data()
+                return [d.decode() for _, _, d in got]
+
+            queries = {"id": {"last_entry_id": e1}, "true": {"last_entry_id": True},
+                       "0-0": {"last_entry_id": "0-0"}, "0": {"last_entry_id": 0},
+                       "ms": {"last_entry_id": e1.split("-")[0]},
+                       "id, latest=False": {"last_entry_id": e1, "latest": False},
+                       "true, latest=False": {"last_entry_id": True, "latest": False},
+                       "0, latest=True": {"last_entry_id": 0, "latest": True},
+                       "0+$": {"sid": "dash+nothing", "last_entry_id": "0+$"}}
+            return {name: await pull(**kw) for name, kw in queries.items()}
+        print(json.dumps(asyncio.run(main())))
+    """)
+    assert out == {"id": ["e3"], "true": ["e3"], "0-0": ["e3"], "0": ["e1", "e2", "e3"], "ms": ["e2", "e3"],
+                   "id, latest=False": ["e2", "e3"], "true, latest=False": ["e1", "e2", "e3"],
+                   "0, latest=True": ["e3"], "0+$": ["e3"]}
 
 
 def test_redis_restarted_in_the_middle_of_a_pull(ptgctl_python, streams, tmp_path, redis_server: Redis):

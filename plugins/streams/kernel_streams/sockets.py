@@ -158,7 +158,8 @@ async def push(socket: WebSocket, sid: FromPath[str]) -> None:
 async def pull(socket: WebSocket, sid: FromPath[str]) -> None:
     """Entries out, as a JSON header `[[sid, id, start], ...]` then one blob, for ever:
     blocking in Redis until entries arrive; with `timeout` (ms) closing when none do;
-    with `ack` waiting for any client message after each batch."""
+    with `ack` waiting for any client message after each batch. With `latest` each batch
+    is the newest entries after the cursor, else every entry comes in order."""
     rt = runtime(socket)
     config = rt.config
     query = socket.query_params
@@ -166,10 +167,11 @@ async def pull(socket: WebSocket, sid: FromPath[str]) -> None:
     try:
         sids = framing.split_stream_ids(sid)
         count = params.integer(query, "count", 1, high=config.max_count) or 1
-        first = cursors(sids, query.get("last_entry_id") or "$")
+        last = query.get("last_entry_id") or "$"
+        first = cursors(sids, last)
         latest = params.flag(query, "latest", None)
-        if latest is None:  # live view for `$`: each batch is the newest; otherwise every entry in order
-            latest = all(v == "$" for v in first.values())
+        if latest is None:  # PTG's rule, on the whole value: live for `$`, `-` and `<ms>-<seq>` ids
+            latest = "$" in last or "-" in last
         timeout = params.integer(query, "timeout", None, high=MAX_TIMEOUT_MS)
         ack = bool(params.flag(query, "ack"))
     except kernel.BadRequest as exc:
