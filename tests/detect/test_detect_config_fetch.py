@@ -64,11 +64,11 @@ token_secret: change-me
 detector_config:
   pattern: "person|bus"
   models:
+    - name: tiny
+      weights: {weights}
     - name: Strict Tiny
       weights: {weights}
       min_confidence: 0.9
-    - name: tiny
-      weights: {weights}
     - name: retired
       weights: {weights}
       enabled: false
@@ -109,8 +109,8 @@ def test_yaml_auth_and_token_expiry_take_effect(yaml_server: Server) -> None:
 
 
 def test_yaml_models_and_their_thresholds(yaml_client: httpx.Client) -> None:
-    served = {m["name"] for m in yaml_client.get("/models").json()["models"]}
-    assert served == {"Strict Tiny", "tiny"}  # `enabled: false` is not served
+    served = [m["name"] for m in yaml_client.get("/models").json()["models"]]
+    assert served == ["tiny", "Strict Tiny"]  # the YAML's order; `enabled: false` is not served
 
     def infer(name: str, **fields: str) -> list[dict]:
         body = yaml_client.post("/infer", data={"type": "object", "name": name, **fields},
@@ -118,6 +118,8 @@ def test_yaml_models_and_their_thresholds(yaml_client: httpx.Client) -> None:
         assert body["error"] is None, body
         return body["detections"]
 
+    # An unnamed model is the YAML's first, as in pyzm.serve.
+    assert {d["model_name"] for d in infer("")} == {"tiny"}
     default = infer("tiny")  # the server's default threshold, 0.3
     assert people(default)[:3] == [0.97, 0.66, 0.58] and min(d["confidence"] for d in default) >= 0.3
     strict = infer("Strict Tiny")

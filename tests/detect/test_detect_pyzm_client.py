@@ -1,5 +1,5 @@
-"""The real pyzm 2.5.6 client against `kernel serve --plugins detect`, and our boxes against
-pyzm.serve's own on the same model and photo."""
+"""The real pyzm 2.5.6 client against `kernel serve --plugins detect`, our boxes against
+pyzm.serve's own on the same model and photo, and the order both list and pick models in."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.conftest import Server, free_port
+from tests.detect.detect_models import end2end_onnx
 from tests.detect.detect_support import FrameServer, PyzmServe, frames, models_folder, pyzm_python
 from tests.realmodels import photo
 
@@ -40,6 +42,16 @@ zm = NS(api=api, event=lambda eid: NS(monitor_id=1), monitor=lambda mid: NS(heig
 detector = Detector(models=["yolov3-tiny"], gateway=url)
 result = detector.detect_event(zm, 7, stream_config=StreamConfig(frame_set=["blank", "bus"]))
 print(json.dumps({"frame": result.frame_id, "labels": result.labels, "confidences": result.confidences}))
+"""
+
+UNNAMED = """
+import json, sys
+from pyzm import Detector
+url, image = sys.argv[1:3]
+# An ml_sequence entry without a name: the client sends name="", the gateway's first model.
+detector = Detector.from_dict({"general": {"ml_gateway": url}, "object": {"sequence": [{"object_framework": "opencv"}]}})
+result = detector.detect(image)
+print(json.dumps([[d.label, d.confidence, d.bbox.as_list(), d.model_name] for d in result.detections]))
 """
 
 
@@ -140,3 +152,70 @@ def test_yolov8_layout_boxes_match_pyzm_serve(pyzm_serve: str, open_server: Serv
         assert a["label"] == b["label"]
         assert abs(a["confidence"] - b["confidence"]) < 0.01
         assert max(abs(x - y) for x, y in zip(a["box"], b["box"])) <= 1, (a, b)
+
+
+# -- model order: pyzm.serve's is the configured one, not the alphabetical --------------
+
+
+#: Two models whose names sort the other way ("320n" first): the same weights under two
+#: names, since pyzm.serve cannot load Darknet models (yolov3-tiny) under OpenCV 5.
+ALIASED = ["--models", "NudeNet=320n", "320n"]
+
+
+@pytest.fixture(scope="module")
+def ordered(base: Path, home: Path) -> Iterator[dict[str, str]]:
+    """pyzm.serve and ours with ALIASED, and ours with the review's yolov3-tiny and 320n."""
+    where = ["--base-path", str(base)]
+    theirs = PyzmServe([*ALIASED, *where], home / "pyzm-ordered.log", free_port())
+    ours = Server(["--plugins", "detect", *ALIASED, *where], home / "ordered")
+    tiny = Server(["--plugins", "detect", "--models", "YOLO tiny=yolov3-tiny", "320n", *where], home / "ordered-tiny")
+    try:
+        yield {"pyzm": theirs.wait_ready().url, "ours": ours.wait_ready().url, "tiny": tiny.wait_ready().url}
+    finally:
+        tiny.stop()
+        ours.stop()
+        theirs.stop()
+
+
+def test_an_unnamed_model_is_the_first_configured(python: Path, ordered: dict[str, str]) -> None:
+    # The review's case: pyzm.serve (under OpenCV 4) answered from YOLO tiny.
+    detections = run(python, UNNAMED, ordered["tiny"], str(photo("bus.jpg")))
+    assert {d[3] for d in detections} == {"YOLO tiny"}
+    assert people(detections) == [0.97, 0.66, 0.58]
+
+
+@pytest.mark.parametrize("server", ["pyzm", "ours"])
+def test_an_unnamed_model_is_the_first_configured_as_in_pyzm_serve(python: Path, ordered: dict[str, str],
+                                                                    server: str) -> None:
+    detections = run(python, UNNAMED, ordered[server], str(photo("zidane.jpg")))
+    assert detections and {d[3] for d in detections} == {"NudeNet"}
+
+
+def names(url: str) -> list[str]:
+    return [m["name"] for m in httpx.get(url + "/models", timeout=10).json()["models"]]
+
+
+def test_models_are_listed_in_the_configured_order(ordered: dict[str, str]) -> None:
+    assert names(ordered["ours"]) == names(ordered["pyzm"]) == ["NudeNet", "320n"]
+    assert names(ordered["tiny"]) == ["YOLO tiny", "320n"]
+
+
+def test_all_lists_and_picks_in_discovery_order(home: Path) -> None:
+    """`all`: folders in order, then files in each, whatever the models are called."""
+    base = home / "discovery"
+    rows = np.array([[100, 200, 300, 400, 0.9, 0]])
+    for folder, stem in (("a", "zeta"), ("b", "beta"), ("b", "alpha")):
+        end2end_onnx(base / folder / f"{stem}.onnx", rows, ["person"])
+    args = ["--models", "all", "--base-path", str(base)]
+    theirs = PyzmServe(args, home / "pyzm-discovery.log", free_port())
+    ours = Server(["--plugins", "detect", *args], home / "discovery-ours")
+    try:
+        listed = {"pyzm": names(theirs.wait_ready().url), "ours": names(ours.wait_ready().url)}
+        image = photo("bus.jpg")
+        answer = httpx.post(ours.url + "/infer", data={"type": "object", "name": ""},
+                            files={"image": (image.name, image.read_bytes())}, timeout=60).json()
+    finally:
+        ours.stop()
+        theirs.stop()
+    assert listed["ours"] == listed["pyzm"] == ["zeta", "alpha", "beta"]
+    assert answer["error"] is None and {d["model_name"] for d in answer["detections"]} == {"zeta"}

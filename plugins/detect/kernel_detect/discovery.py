@@ -9,6 +9,8 @@
   models carry theirs in metadata (read when the model first runs) unless one is given.
 
 Each model registers as `detect.<name>`; its detect settings travel in `ModelSpec.params`.
+The source remembers the order it found them in (the configured order, or discovery's),
+which pyzm.serve lists and picks models in; the registry sorts by name.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ class DetectSource(ModelSource):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        #: Qualified name -> position in the last scan. Kept out of the specs: a position
+        #: that shifts (a model folder added under `all`) must not reload every model.
+        self.order: dict[str, int] = {}
 
     def scan(self) -> list[ModelSpec]:
         base = Path(self.settings.config.base_path).expanduser()
@@ -46,6 +51,7 @@ class DetectSource(ModelSource):
                 log.warning("detect model %r is listed twice; keeping the first", entry.published or entry.spec)
                 continue
             specs[spec.qualified] = spec
+        self.order = {qualified: i for i, qualified in enumerate(specs)}
         return list(specs.values())
 
     def _spec(self, entry: ModelEntry, base: Path) -> ModelSpec | None:

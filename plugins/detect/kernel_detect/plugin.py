@@ -11,7 +11,6 @@ import weakref
 import kernel
 from kernel import Kernel, ModelSource, OptionGroup, StartupError
 from kernel_detect.config import FRAME_STRATEGIES, DetectConfig, settings
-from kernel_detect.discovery import DetectSource
 from kernel_detect.service import DetectService
 
 _services: weakref.WeakKeyDictionary[Kernel, DetectService] = weakref.WeakKeyDictionary()
@@ -57,7 +56,7 @@ def kernel_config_section() -> type:
 
 @kernel.hookimpl
 def kernel_model_sources(kernel: Kernel) -> list[ModelSource]:
-    return [DetectSource(service_of(kernel).settings)]
+    return [service_of(kernel).source]
 
 
 @kernel.hookimpl

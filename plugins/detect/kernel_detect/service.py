@@ -21,7 +21,7 @@ from kernel import BadRequest, Conflict, Kernel, KernelError, Model, ModelError,
 from kernel_detect import decoders
 from kernel_detect.config import Settings
 from kernel_detect.decoders import NoDecoder
-from kernel_detect.discovery import SOURCE
+from kernel_detect.discovery import SOURCE, DetectSource
 from kernel_detect.fetch import Fetcher, FetchError
 from kernel_detect.filters import Found
 from kernel_detect.imaging import decode_image, limit_pixels, prepare
@@ -66,6 +66,7 @@ class DetectService:
     def __init__(self, kernel: Kernel, settings: Settings) -> None:
         self.kernel = kernel
         self.settings = settings
+        self.source = DetectSource(settings)
         config = settings.config
         # Before anything imports cv2, which reads the limit then.
         limit_pixels(config.max_pixels)
@@ -81,9 +82,13 @@ class DetectService:
     # -- which models ------------------------------------------------------------------
 
     def own(self) -> list[Served]:
-        """Detect's own models, as published."""
-        return [Served(m.spec.params.get("published", m.spec.name), m)
-                for m in self.kernel.registry.models() if m.spec.source == SOURCE]
+        """Detect's own models, as published, in the configured order: pyzm.serve lists
+        them so and gives an unnamed request the first."""
+        order = self.source.order
+        mine = [m for m in self.kernel.registry.models() if m.spec.source == SOURCE]
+        # One the last scan no longer offers (its removal pending) sorts last.
+        mine.sort(key=lambda m: order.get(m.name, len(order)))
+        return [Served(m.spec.params.get("published", m.spec.name), m) for m in mine]
 
     def others(self) -> list[Served]:
         """Other sources' models that a backend can run, by the name users type for them."""
