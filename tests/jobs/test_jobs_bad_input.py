@@ -116,10 +116,13 @@ def test_worker_errors_are_http_200_commands(client: TestClient) -> None:
     assert r.status_code == 200 and r.json()["cmd"] == "error"
     r = client.post("/worker_job_result", json={**WORKER, "job_id": "unknown", "text": "x"})
     assert r.status_code == 200 and r.json()["cmd"] == "warning"
+    # Progress answers as the original's do, never naming the job (the worker interface would look it up).
     r = client.post("/worker_job_progress", json={**WORKER, "job_id": "unknown", "progress": 5})
-    assert r.status_code == 200 and r.json()[0]["success"] is False
+    assert r.status_code == 200
+    assert r.json() == [{"success": False, "error_msg": "No processing job with job id unknown"}]
     r = client.post("/worker_job_progress", json={**WORKER, "auth_key": "wrong", "job_id": "x"})
-    assert r.status_code == 200 and r.json()["cmd"] == "error"
+    assert r.status_code == 200
+    assert r.json() == {"success": False, "error_msg": "Worker w1 not authorized on job type echo"}
     assert client.post("/worker_check_server_status", json={"job_type": "echo", "auth_key": WORKER_KEY}
                        ).json()["key_valid"] is True
 
@@ -198,6 +201,21 @@ def test_endpoint_colliding_with_another_plugins_route(tmp_path: Path, test_plug
     write_endpoint(tmp_path / "hello", GOOD.format(name="hello"))
     with pytest.raises(kernel.StartupError, match=r"route GET /hello is claimed by both plugin 'hello'.* plugin 'jobs'"):
         _ = kernel.create_kernel(["hello", "jobs"], options={"jobs": {"endpoints": [str(tmp_path)]}}).app
+
+
+def test_endpoints_named_like_fixed_api_routes_keep_those_routes(tmp_path: Path) -> None:
+    # `/api/{name}` is an alias of `/api/endpoints/{name}` except where a fixed route has the path.
+    names = ["endpoints", "plain", "validate_key"]
+    for name in names:
+        write_endpoint(tmp_path / "eps" / name, GOOD.format(name=name))
+    k = kernel.create_kernel(["jobs"], options={
+        "kernel": {"state_dir": str(tmp_path / "state")}, "jobs": {"endpoints": [str(tmp_path / "eps")]}})
+    with TestClient(k.app) as c:
+        assert sorted(c.get("/api/endpoints").json()["endpoints"]) == names
+        assert c.get("/api/validate_key", params={"key": "any"}).json() == {"success": True, "error": None}
+        for name in names:
+            assert c.get(f"/api/endpoints/{name}").json()["name"] == name
+        assert c.get("/api/plain").json() == c.get("/api/endpoints/plain").json()
 
 
 def test_in_process_model_endpoint(tmp_path: Path, test_plugins: None) -> None:

@@ -96,7 +96,7 @@ def test_a_job_whose_worker_dies_runs_again_however_long_it_was_processed(client
     for _ in range(10):
         time.sleep(0.2)
         answer = client.post("/worker_job_progress", json={**dying, "job_id": job_id, "progress": 50}).json()
-        assert answer[0]["success"] is True
+        assert answer == [{"success": True}]
     poll = {"key": "alice-key", "job_id": job_id}
     deadline = time.monotonic() + 10
     while (r := client.get("/requeued/progress", params=poll)).status_code == 200:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,6 +66,36 @@ def test_queued_before_any_worker_then_real_clients(server: Server, python: Path
         assert all(set(data) <= {"partial"} for data in partials)
     assert any(data for updates in seen["progress"] for info, data in updates
                if info.get("job_state") == "processing" and data), seen["progress"]
+
+
+def test_real_worker_reports_progress_for_every_job_when_its_result_follows_at_once(
+        server: Server, python: Path, tmp_path: Path) -> None:
+    # Each job's last report goes right before its result, so the worker interface reads that
+    # answer after dropping the job: an answer naming the job failed its look-up there, and the
+    # interface never sent progress again.
+    worker = Worker(python, server.url, tmp_path / "progress-worker.log", step_seconds=0.3)
+    try:
+        seen = run_client(python, server.url, "alice-key", "First", "One", "Two", "Three")
+    finally:
+        worker.stop()
+    assert [r["text"] for r in seen["results"]] == ["FIRST", "one", "two", "three"]
+    partials = [[data["partial"] for info, data in updates if info.get("job_state") == "processing" and data]
+                for updates in seen["progress"]]
+    # The server got each later job's reports, and the client saw them while the job ran.
+    assert all(partials), (partials, worker.output())
+    assert all(text.startswith(p) for text, job in zip(("one", "two", "three"), partials) for p in job), partials
+
+
+def test_real_client_gets_endpoint_details(server: Server, python: Path) -> None:
+    # `ModelAPI.get_endpoint_details` asks `GET /api/{name}`, which the original does not serve.
+    code = ("import json, sys; from aime_api_client_interface import ModelAPI; "
+            "print(json.dumps(ModelAPI(sys.argv[1], 'echo').get_endpoint_details('echo')))")
+    done = subprocess.run([str(python), "-c", code, server.url], check=False, capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr[-3000:]
+    details = json.loads(done.stdout.strip().splitlines()[-1])
+    assert details["name"] == "echo" and details["enabled"] is True
+    assert details == httpx.get(f"{server.url}/api/endpoints/echo").json()
 
 
 def test_bad_worker_key_stops_the_real_worker(server: Server, python: Path, tmp_path: Path) -> None:

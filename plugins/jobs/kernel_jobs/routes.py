@@ -1,8 +1,8 @@
 """AIME's HTTP routes: concrete paths per endpoint for clients, fixed ones for workers.
 
 Client errors answer `{"success": false, "error": ..., "ep_version": ...}` with AIME's
-status codes. Worker routes always answer HTTP 200 with a `cmd`, because the worker
-interface re-requests in a tight loop on other codes; only a server-side failure is a
+status codes. Worker routes always answer HTTP 200 (with a `cmd`, but for progress), because
+the worker interface re-requests in a tight loop on other codes; only a server-side failure is a
 503, which sends the worker to poll `/worker_check_server_status` until we are back.
 """
 
@@ -24,6 +24,8 @@ from kernel_jobs.service import ClientError, JobService, WorkerRefused
 log = logging.getLogger("kernel.jobs")
 #: Scope of a kernel token that may enable and disable endpoints.
 ADMIN_SCOPE = "jobs:admin"
+#: Names under `/api/` taken by the fixed routes below: no endpoint details alias there.
+API_ROUTES = frozenset({"endpoints", "validate_key"})
 
 
 def _service(request: Request) -> JobService:
@@ -105,7 +107,11 @@ def endpoint_routes(endpoint: Endpoint) -> list[Any]:
             # The client interface reads a refused login from the body of a 200.
             return Response({"success": False, "error": error.error, "ep_version": endpoint.version})
 
-    @get(f"/api/endpoints/{endpoint.name}")
+    # AIME's client asks `/api/{name}` for these (`ModelAPI.get_endpoint_details`), the
+    # original serves only `/api/endpoints/{name}`: both work here, unless the name is a fixed route's.
+    aliases = [] if endpoint.name in API_ROUTES else [f"/api/{endpoint.name}"]
+
+    @get([f"/api/endpoints/{endpoint.name}", *aliases])
     async def details(request: Request) -> Response:
         return Response(await _service(request).describe(endpoint))
 

@@ -295,19 +295,23 @@ class JobService:
         }
 
     async def job_progress(self, items: Any) -> list[dict[str, Any]] | dict[str, Any]:
+        """One answer per report, in the original's shape (`success`, `error_msg`) and, as there,
+        naming no job: the worker interface looks up every job an answer names, and one it has
+        just finished (its last report goes right before the result) raises there, after
+        which it silently sends no progress again."""
         items = items if isinstance(items, list) else [items]
         answers = []
         for item in items:
             try:
                 job_type = self.check_worker(item)
             except WorkerRefused as refused:
-                return {"cmd": refused.cmd, "msg": refused.msg, "success": False}
+                return {"success": False, "error_msg": refused.msg}
             job_id = item.get("job_id")
             job = await self.store.job(job_id) if isinstance(job_id, str) else None
             ok = job is not None and job["job_type"] == job_type and await self.store.progress(
                 job_id, item.get("progress"), item.get("progress_data") or {})
-            answers.append({"job_id": job_id, "success": bool(ok),
-                            **({} if ok else {"msg": f"No processing job with job id {job_id}"})})
+            answers.append({"success": True} if ok else
+                           {"success": False, "error_msg": f"No processing job with job id {job_id}"})
         return answers
 
     async def job_result(self, args: Any) -> dict[str, Any]:
