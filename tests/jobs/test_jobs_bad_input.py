@@ -89,6 +89,14 @@ def test_a_login_with_a_malformed_body_is_refused_in_a_200(client: TestClient) -
         assert error in r.json()["error"]
 
 
+def test_json_nested_too_deeply_is_refused_not_a_server_error(client: TestClient) -> None:
+    deep = b"[" * 100_000
+    r = client.post("/echo", content=deep, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "nested too deeply" in r.json()["error"]
+    r = client.post("/worker_job_request", content=deep, headers={"content-type": "application/json"})
+    assert (r.status_code, r.json()["cmd"]) == (200, "error") and "nested too deeply" in r.json()["msg"]
+
+
 def test_polling_other_or_unknown_jobs_is_402(client: TestClient) -> None:
     job_id = submit(client, text="mine")["job_id"]
     for params in ({"key": "bob-key", "job_id": job_id}, {"key": "alice-key", "job_id": "no-such-job"},

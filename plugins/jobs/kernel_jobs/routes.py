@@ -37,8 +37,8 @@ async def _args(request: Request) -> dict[str, Any]:
         return dict(request.query_params)
     try:
         body = await request.json()
-    except (ValueError, SerializationException):
-        raise ClientError(400, "request body is not valid JSON") from None
+    except (ValueError, SerializationException, RecursionError):
+        raise ClientError(400, "request body is not valid JSON, or nested too deeply") from None
     if not isinstance(body, dict):
         raise ClientError(400, "request body must be a JSON object")
     return body
@@ -153,8 +153,8 @@ async def validate_key(request: Request) -> Response:
 async def _worker_body(request: Request) -> Any:
     try:
         return await request.json()
-    except (ValueError, SerializationException):
-        raise WorkerRefused("error", "request body is not valid JSON") from None
+    except (ValueError, SerializationException, RecursionError):
+        raise WorkerRefused("error", "request body is not valid JSON, or nested too deeply") from None
 
 
 def _worker_route(path: str, handle: Callable[[JobService, Any, Request], Any]) -> Any:
