@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from kernel import StartupError
+from kernel_detect.filters import PatternError, compile_pattern
 
 log = logging.getLogger("kernel.detect")
 
@@ -53,6 +54,14 @@ class DetectConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     fetch_allow: list[str] = []
     #: Frames fetched at once per /detect_urls request.
     fetch_parallel: Annotated[int, msgspec.Meta(ge=1)] = 4
+    #: Frames (files or URLs) one /detect or /detect_urls request may name: pyzm sends a
+    #: few (its default frame set is snapshot, alarm and frame 1).
+    max_frames: Annotated[int, msgspec.Meta(ge=1)] = 32
+    #: Zones one request may give, and points one zone may have.
+    max_zones: Annotated[int, msgspec.Meta(ge=1)] = 100
+    max_zone_points: Annotated[int, msgspec.Meta(ge=3)] = 1000
+    #: Seconds of pattern matching one request may use (a pattern can backtrack for hours).
+    pattern_timeout: Annotated[float, msgspec.Meta(gt=0)] = 0.5
 
 
 class ModelEntry(msgspec.Struct, kw_only=True):
@@ -99,12 +108,12 @@ def settings(config: DetectConfig) -> Settings:
 
 
 def _check_pattern(pattern: str, where: str) -> None:
-    """A configured pattern that does not compile stops the server here: found on the first
-    request instead, every /detect would blame the client for it."""
+    """A configured pattern refused (see `filters.compile_pattern`) stops the server here:
+    found on the first request instead, every /detect would blame the client for it."""
     try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise StartupError(f"{where}: {pattern!r} is not a valid regular expression: {exc}") from None
+        compile_pattern(pattern)
+    except PatternError as exc:
+        raise StartupError(f"{where}: {pattern!r} {exc}") from None
 
 
 def parse_model(text: str) -> ModelEntry:

@@ -1,9 +1,9 @@
 """Fetching frames by URL (/infer URL mode, /detect_urls).
 
-The server fetches whatever URL a client names, so: only http and https, an optional
-allow-list, a whole-fetch deadline, a size cap, a bounded number of redirects (each hop
-checked again), and no credentials in messages or logs (`redact`). Errors are `FetchError`s
-whose text is safe to show a client.
+The server fetches whatever URL a client names, so: only http and https, of at most
+`MAX_URL` characters, an optional allow-list, a whole-fetch deadline, a size cap, a bounded
+number of redirects (each hop checked again), and no credentials in messages or logs
+(`redact`). Errors are `FetchError`s whose text is safe to show a client.
 
 The allow-list is matched against the URL as httpx parses it, the host and port it will
 connect to, never against the URL's text: `http://allowed:80@elsewhere/` starts with an
@@ -27,6 +27,8 @@ log = logging.getLogger("kernel.detect")
 
 _SECRET_KEYS = re.compile(r"(token|auth|pass|pwd|secret|key|user|credential|session)", re.IGNORECASE)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+#: Longer URLs are refused (servers commonly allow 8 kB), so none fills a log or a cache key.
+MAX_URL = 8192
 
 
 class FetchError(Exception):
@@ -35,6 +37,8 @@ class FetchError(Exception):
 
 def redact(url: str) -> str:
     """`url` with user info and the values of credential-like query keys hidden."""
+    if len(url) > MAX_URL:
+        return f"<a URL of {len(url)} characters>"  # refused by `check`: not worth a log's space
     try:
         parts = urlsplit(url)
         netloc = parts.hostname or ""
@@ -136,6 +140,8 @@ class Fetcher:
         """`url` as the client will fetch it; refused when not http(s) or not on the allow-list."""
         import httpx
 
+        if len(str(url)) > MAX_URL:
+            raise FetchError(f"the URL is longer than {MAX_URL} characters")
         try:
             parsed = httpx.URL(url)
         except (httpx.InvalidURL, ValueError):

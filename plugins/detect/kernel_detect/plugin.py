@@ -47,6 +47,11 @@ def kernel_add_options(group: OptionGroup) -> None:
     add("--detect-fetch-max-redirects", type=int, help="redirects followed per frame URL (default 3)")
     add("--detect-fetch-allow", nargs="+", help="fetch only from these hosts, host:port or URL prefixes")
     add("--detect-fetch-parallel", type=int, help="frames fetched at once per /detect_urls request (default 4)")
+    add("--detect-max-frames", type=int, help="files or URLs one /detect or /detect_urls request may send (default 32)")
+    add("--detect-max-zones", type=int, help="zones one request may give (default 100)")
+    add("--detect-max-zone-points", type=int, help="points one zone may have (default 1000)")
+    add("--detect-pattern-timeout", type=float,
+        help="seconds one request's patterns may take to match its labels (default 0.5)")
 
 
 @kernel.hookimpl

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import json
 import logging
 import math
-from typing import Any
+from collections import deque
+from collections.abc import Awaitable
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from litestar import Request, Router, get, post
@@ -23,10 +26,11 @@ import kernel
 from kernel import BadRequest, KernelError, Unauthorized
 from kernel_detect.config import FRAME_STRATEGIES, DetectConfig
 from kernel_detect.fetch import FetchError, redact, with_auth
-from kernel_detect.filters import FrameResult, apply_filters, best_frame, compile_pattern, parse_zones
+from kernel_detect.filters import Budget, FrameResult, apply_filters, best_frame, parse_zones, request_pattern
 from kernel_detect.service import DetectService, ModelFailed, Served
 
 log = logging.getLogger("kernel.detect")
+T = TypeVar("T")
 
 
 class Unprocessable(KernelError):
@@ -39,6 +43,12 @@ class BadGateway(KernelError):
     """No frame of a /detect_urls request could be fetched."""
 
     status_code = 502
+
+
+class ClientGone(KernelError):
+    """The client closed the connection before its answer (nginx's 499; nobody reads it)."""
+
+    status_code = 499
 
 
 def service(request: Request) -> DetectService:
@@ -104,7 +114,7 @@ async def infer(request: Request) -> dict[str, Any]:
         full = with_auth(url, _text(form, "zm_auth"))
         verify = _text(form, "verify_ssl", "1") not in ("0", "false", "False", "")
         try:
-            frame = await svc.fetch_frame(full, verify, cache=True)
+            frame = await svc.fetch_frame(full, verify)
         except FetchError as exc:
             # The client's URL or its portal failed, not this server: a warning, as /detect_urls logs it.
             log.warning("URL-mode fetch of %s failed: %s", redact(full), exc)
@@ -134,13 +144,14 @@ async def infer(request: Request) -> dict[str, Any]:
 
 class FrameURL(msgspec.Struct):
     url: str
-    frame_id: str | int | None = None
+    frame_id: Annotated[str, msgspec.Meta(max_length=256)] | int | None = None
 
 
 class DetectURLs(msgspec.Struct):
     urls: list[FrameURL]
     zm_auth: str = ""
-    zones: list[Any] | None = None
+    #: Left as text for `parse_zones`, which checks its size before parsing it.
+    zones: msgspec.Raw = msgspec.Raw()
     verify_ssl: bool = True
     pattern: str | None = None
     frame_strategy: str | None = None
@@ -154,24 +165,28 @@ async def detect(request: Request) -> dict[str, Any]:
     uploads = [f for f in form.getall("file", []) if isinstance(f, UploadFile)] if "file" in form else []
     if not uploads:
         raise Unprocessable("file: field required (an image upload)")
-    zones = parse_zones(_text(form, "zones"))
+    _check_frames(len(uploads), svc.settings.config)
+    zones = await _zones(svc, _text(form, "zones"))
     options = _Options(svc, _text(form, "pattern"), _text(form, "frame_strategy"),
                        _names(_text(form, "models")), _confidence(_text(form, "min_confidence")))
-    frames = []
-    for upload in uploads:
-        frames.append(await svc.decode(await upload.read()))
-    ids = ["single"] if len(frames) == 1 else [str(i + 1) for i in range(len(frames))]
-    results: list[FrameResult] = []
-    for frame_id, frame in zip(ids, frames):
-        result = await options.run(frame_id, frame, zones)
-        results.append(result)
-        if options.strategy in ("first", "first_new") and result.detections:
-            break
-    return best_frame(results, options.strategy).as_dict()
+    ids = ["single"] if len(uploads) == 1 else [str(i + 1) for i in range(len(uploads))]
+
+    async def work() -> dict[str, Any]:
+        results: list[FrameResult] = []
+        for frame_id, upload in zip(ids, uploads):
+            # Decoded, run and dropped one at a time: a small PNG can decode to 150 MB.
+            result = await options.run(frame_id, await svc.decode(await upload.read()), zones)
+            results.append(result)
+            if options.strategy in ("first", "first_new") and result.detections:
+                break
+        return best_frame(results, options.strategy).as_dict()
+
+    return await _while_connected(request, work())
 
 
 async def detect_urls(request: Request) -> dict[str, Any]:
     svc = service(request)
+    config = svc.settings.config
     if request.content_type[0] != "application/json":
         raise Unprocessable("the body must be JSON with urls")
     try:
@@ -182,46 +197,87 @@ async def detect_urls(request: Request) -> dict[str, Any]:
         raise BadRequest("the body is not valid JSON") from None
     if not body.urls:
         raise Unprocessable("urls must name at least one frame")
-    zones = parse_zones(body.zones)
+    _check_frames(len(body.urls), config)
+    zones = await _zones(svc, bytes(body.zones))
     options = _Options(svc, body.pattern, body.frame_strategy, body.models, _confidence(body.min_confidence))
-    for item in body.urls:
+    frames = [(str(item.frame_id if item.frame_id is not None else i + 1), with_auth(item.url, body.zm_auth))
+              for i, item in enumerate(body.urls)]
+    for frame_id, url in frames:
         try:
-            svc.fetcher.check(item.url)
+            svc.fetcher.check(url)
         except FetchError as exc:
-            raise BadRequest(f"frame {item.frame_id!r}: {exc}") from None
-    limit = asyncio.Semaphore(svc.settings.config.fetch_parallel)
+            raise BadRequest(f"frame {frame_id!r}: {exc}") from None
 
-    async def fetch(item: FrameURL) -> Any:
-        async with limit:
-            return await svc.fetch_frame(with_auth(item.url, body.zm_auth), body.verify_ssl)
+    async def work() -> dict[str, Any]:
+        # Fetches start as frames are taken, at most `fetch_parallel` ahead, and bring
+        # bytes: a frame is decoded only when its turn comes.
+        ahead: deque[asyncio.Task[bytes]] = deque()
+        waiting = iter(frames)
+        results: list[FrameResult] = []
+        failures: dict[str, str] = {}
+        try:
+            for frame_id, url in frames:
+                for _, later in itertools.islice(waiting, config.fetch_parallel - len(ahead)):
+                    ahead.append(asyncio.ensure_future(svc.fetcher.fetch(later, body.verify_ssl)))
+                fetch = ahead.popleft()
+                try:
+                    frame = await svc.fetched_frame(await fetch)
+                except FetchError as exc:
+                    log.warning("frame %s: fetch of %s failed: %s", frame_id, redact(url), exc)
+                    failures[frame_id] = f"fetch failed: {exc}"
+                    continue
+                result = await options.run(frame_id, frame, zones)
+                del frame  # before the next frame is decoded
+                results.append(result)
+                if options.strategy in ("first", "first_new") and result.detections:
+                    break
+        finally:
+            for task in ahead:
+                task.cancel()
+            await asyncio.gather(*ahead, return_exceptions=True)
+        if not results:
+            detail = "; ".join(f"{k}: {v}" for k, v in failures.items())
+            raise BadGateway(f"no frame could be fetched ({detail})")
+        answer = best_frame(results, options.strategy).as_dict()
+        if failures:
+            answer["frame_errors"] = failures
+        return answer
 
-    tasks = [asyncio.ensure_future(fetch(item)) for item in body.urls]
-    results: list[FrameResult] = []
-    failures: dict[str, str] = {}
+    return await _while_connected(request, work())
+
+
+def _check_frames(count: int, config: DetectConfig) -> None:
+    if count > config.max_frames:
+        raise BadRequest(f"at most {config.max_frames} frames per request (--detect-max-frames); {count} given")
+
+
+async def _zones(svc: DetectService, text: str | bytes) -> list:
+    config = svc.settings.config
+    return await svc.kernel.pool.offload(parse_zones, text, config.max_zones, config.max_zone_points)
+
+
+async def _while_connected(request: Request, work: Awaitable[T]) -> T:
+    """`work`'s result; when the client hangs up first, `work` is cancelled (its fetches and
+    frames with it), since nobody would read the answer."""
+    task = asyncio.ensure_future(work)
+
+    async def hangup() -> None:
+        # Once the body is read, the server's next message is the disconnect.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(hangup())
     try:
-        for index, (item, task) in enumerate(zip(body.urls, tasks)):
-            frame_id = str(item.frame_id if item.frame_id is not None else index + 1)
-            try:
-                frame = await task
-            except FetchError as exc:
-                log.warning("frame %s: fetch of %s failed: %s", frame_id, redact(with_auth(item.url, body.zm_auth)), exc)
-                failures[frame_id] = f"fetch failed: {exc}"
-                continue
-            result = await options.run(frame_id, frame, zones)
-            results.append(result)
-            if options.strategy in ("first", "first_new") and result.detections:
-                break
+        await asyncio.wait([task, watcher], return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in tasks:
+        watcher.cancel()
+        if not task.done():
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    if not results:
-        detail = "; ".join(f"{k}: {v}" for k, v in failures.items())
-        raise BadGateway(f"no frame could be fetched ({detail})")
-    answer = best_frame(results, options.strategy).as_dict()
-    if failures:
-        answer["frame_errors"] = failures
-    return answer
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled():
+        log.info("%s: the client left; its work was stopped", request.url.path)
+        raise ClientGone("the client closed the connection")
+    return task.result()
 
 
 class _Options:
@@ -231,7 +287,10 @@ class _Options:
                  names: list[str] | None, min_confidence: float | None) -> None:
         config = svc.settings.config
         self.svc = svc
-        self.pattern = compile_pattern(pattern or config.pattern, "pattern")
+        # Named for the 400 of a pattern that does not compile or match in time.
+        self.pattern_name = "pattern" if pattern else "--detect-pattern"
+        self.pattern = request_pattern(pattern or config.pattern, self.pattern_name)
+        self.budget = Budget(config.pattern_timeout)
         self.strategy = strategy or config.frame_strategy
         if self.strategy not in FRAME_STRATEGIES:
             raise BadRequest(f"frame_strategy must be one of {', '.join(FRAME_STRATEGIES)}")
@@ -250,7 +309,8 @@ class _Options:
                 # Among models chosen by default, one that is not a detector is skipped.
                 if self.named:
                     raise
-        kept, rejected = apply_filters(found, self.pattern, zones)
+        kept, rejected = await self.svc.kernel.pool.offload(
+            apply_filters, found, self.pattern, self.pattern_name, zones, self.budget)
         return FrameResult(frame_id, kept, rejected, (int(frame.shape[0]), int(frame.shape[1])))
 
 

@@ -28,7 +28,10 @@ from kernel_detect.imaging import decode_image, limit_pixels, prepare
 
 log = logging.getLogger("kernel.detect")
 
+#: /infer's URL mode keeps this many decoded frames, and at most this many bytes of them
+#: (a 47 kB PNG can decode to 150 MB; a 1080p frame is 6 MB).
 FRAME_CACHE = 8
+FRAME_CACHE_BYTES = 64 * 1024 * 1024
 READY = "ready"
 
 
@@ -175,23 +178,26 @@ class DetectService:
     async def decode(self, data: bytes) -> np.ndarray:
         return await self.kernel.pool.offload(decode_image, data)
 
-    async def fetch_frame(self, url: str, verify: bool, cache: bool = False) -> np.ndarray:
-        """A decoded frame fetched from `url` (with credentials already in it); /infer's
-        URL mode keeps the last few, as pyzm does, since a client runs several models per frame."""
+    async def fetch_frame(self, url: str, verify: bool) -> np.ndarray:
+        """/infer's URL mode: a decoded frame fetched from `url` (with credentials already in
+        it); the last few are kept, as pyzm does, since a client runs several models per frame."""
         key = (url, str(verify))
-        if cache and key in self._frames:
+        if key in self._frames:
             self._frames.move_to_end(key)
             return self._frames[key]
-        data = await self.fetcher.fetch(url, verify)
-        try:
-            frame = await self.decode(data)
-        except BadRequest:
-            raise FetchError("the fetched frame is not an image") from None
-        if cache:
+        frame = await self.fetched_frame(await self.fetcher.fetch(url, verify))
+        if frame.nbytes <= FRAME_CACHE_BYTES:
             self._frames[key] = frame
-            while len(self._frames) > FRAME_CACHE:
+            while len(self._frames) > FRAME_CACHE or sum(f.nbytes for f in self._frames.values()) > FRAME_CACHE_BYTES:
                 self._frames.popitem(last=False)
         return frame
+
+    async def fetched_frame(self, data: bytes) -> np.ndarray:
+        """Fetched bytes decoded; a `FetchError` when they are not an image."""
+        try:
+            return await self.decode(data)
+        except BadRequest:
+            raise FetchError("the fetched frame is not an image") from None
 
 
 def _profile(spec: Any, inputs: list, outputs: list) -> Profile:
