@@ -29,8 +29,9 @@ def _save(graph: onnx.GraphProto, path: Path) -> Path:
     return path
 
 
-def affine(path: Path, scale: float, offset: float) -> Path:
-    """x FP32 [-1, 4] -> y = x * scale + offset, and total = sum of each row [-1, 1]."""
+def affine(path: Path, scale: float, offset: float, batch: int | str = "batch") -> Path:
+    """x FP32 [-1, 4] -> y = x * scale + offset, and total = sum of each row [-1, 1]
+    (`batch` rows, where it is a number, instead of any)."""
     nodes = [
         helper.make_node("Mul", ["x", "scale"], ["scaled"]),
         helper.make_node("Add", ["scaled", "offset"], ["y"]),
@@ -38,9 +39,9 @@ def affine(path: Path, scale: float, offset: float) -> Path:
     ]
     graph = helper.make_graph(
         nodes, "affine",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4]),
-         helper.make_tensor_value_info("total", TensorProto.FLOAT, ["batch", 1])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4]),
+         helper.make_tensor_value_info("total", TensorProto.FLOAT, [batch, 1])],
         [helper.make_tensor("scale", TensorProto.FLOAT, [], [scale]),
          helper.make_tensor("offset", TensorProto.FLOAT, [], [offset]),
          helper.make_tensor("axes", TensorProto.INT64, [1], [1])],

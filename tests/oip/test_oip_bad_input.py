@@ -27,8 +27,8 @@ X = np.arange(8, dtype=np.float32).reshape(2, 4)
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, int]]:
     started = start_server(tmp_path_factory.mktemp("home"), repository(tmp_path_factory.mktemp("models")))
     yield started
+    started[0].stop()  # first: a failed check below must not leave the server running
     assert "Traceback" not in started[0].output()
-    started[0].stop()
 
 
 @pytest.fixture(scope="module")

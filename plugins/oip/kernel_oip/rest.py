@@ -8,6 +8,7 @@ the header's length. Answers use the same layout for outputs asked with `binary_
 
 from __future__ import annotations
 
+import asyncio
 import re
 import zlib
 from typing import Any
@@ -40,6 +41,14 @@ JSON = "application/json"
 _ALIGNED_FROM = 64 * 1024
 #: Enough for every datatype, and for the SIMD loads of the runtimes.
 _ALIGN = 64
+#: More than a JSON request to a model of fixed-size inputs takes, written as clients write
+#: it: per element (`-1.1754943508222875e-38, `), and for the rest of its header.
+_JSON_ELEMENT_BYTES = 32
+_JSON_HEADER_BYTES = 64 * 1024
+#: JSON from this size on is decoded on the kernel's helper threads, not the event loop.
+_OFFLOAD_FROM = 1024 * 1024
+#: The most that deflate inflates a byte to.
+_INFLATION = 1032
 
 
 class _Input(msgspec.Struct):
@@ -49,6 +58,15 @@ class _Input(msgspec.Struct):
     parameters: dict[str, Any] = {}
     #: Checked element by element for the model's datatype once that is known.
     data: Any = None
+
+
+class _SizedInput(_Input):
+    #: Left undecoded until `tensors.from_json` has counted it against the shape.
+    data: msgspec.Raw = msgspec.Raw()
+
+
+#: `data` that is not there, as either kind of input holds it.
+_NO_DATA = (None, msgspec.Raw(), msgspec.Raw(b"null"))
 
 
 class _Output(msgspec.Struct):
@@ -61,6 +79,10 @@ class _InferRequest(msgspec.Struct):
     id: str | None = None
     parameters: dict[str, Any] = {}
     outputs: list[_Output] = []
+
+
+class _SizedInferRequest(_InferRequest):
+    inputs: list[_SizedInput]
 
 
 class _LoadRequest(msgspec.Struct):
@@ -94,6 +116,9 @@ def router(service: OipService) -> Router:
     """Every route, guarded by the kernel's auth when `--oip-auth` is on."""
     config = service.config
     max_body = service.kernel.config.kernel.max_body_size
+    # One JSON body decoded at a time, as on the event loop: decoding holds the GIL, so two at
+    # once would be no sooner done, and would hold the objects of both.
+    decoding = asyncio.Semaphore()
 
     def guard(scope: str) -> list[Any]:
         if not config.auth:
@@ -140,19 +165,35 @@ def router(service: OipService) -> Router:
     async def infer(request: Request) -> ASGIApp:
         headers = request.headers
         header_length = _header_length(headers.get(HEADER_LENGTH))
-        encoding = headers.get("content-encoding")
-        if encoding and encoding != "identity":
-            body: bytes | memoryview = _decompress(await request.body(), encoding, max_body)
-        else:
-            body = await _read_body(request, header_length)
-        header, binary = _split(body, header_length)
-        req = _decode(header, _InferRequest)
+        size = request.content_length
+        if size is not None and size > max_body:  # before any memory is set aside for it
+            raise PayloadTooLarge(f"the request body is larger than {max_body} bytes")
         path = request.path_params
         name = path["name"]
+        # The model before the body: a request for one there is not is answered without
+        # reading, inflating or decoding what it sent.
         model, session = await service.session(name, path.get("version"))
         plan = service.plan(session)
-        outputs_binary = _requested_outputs(req, plan)
-        inputs = service.decode(plan, _wire_inputs(req.inputs, binary))
+        encoding = headers.get("content-encoding")
+        encoded = encoding not in (None, "", "identity")
+        body = await request.body() if encoded else await _read_body(request, size, header_length)
+
+        def parse() -> tuple[_InferRequest, dict[str, bool], dict[str, np.ndarray]]:
+            header, binary = _split(_decompress(body, encoding, max_body), header_length)
+            req = _decode(header, _request_type(plan, len(header)))
+            outputs_binary = _requested_outputs(req, plan)
+            inputs = service.decode(plan, _wire_inputs(req.inputs, binary))
+            req.inputs = []  # their JSON data, an object an element, need not outlive decoding
+            return req, outputs_binary, inputs
+
+        # Much JSON to decode, or a body to inflate, would hold up every other request on the
+        # event loop; binary tensor data costs next to nothing to decode.
+        json_bytes = len(body) if header_length is None else min(header_length, len(body))
+        if (len(body) * _INFLATION if encoded else json_bytes) >= _OFFLOAD_FROM:
+            async with decoding:
+                req, outputs_binary, inputs = await service.kernel.pool.offload(parse)
+        else:
+            req, outputs_binary, inputs = parse()
         results = await service.infer(model, plan, inputs)
         wanted = outputs_binary or {n: req.parameters.get("binary_data_output") is True for n in results}
         return _answer(req, name, model.spec.version, results, wanted)
@@ -233,7 +274,16 @@ def _decode(data: bytes | memoryview, kind: type[Any]) -> Any:
         raise BadRequest("the request is not valid JSON: it nests too deeply") from None
 
 
-def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+def _request_type(plan: Plan, header_length: int) -> type[_InferRequest]:
+    """How to decode a JSON header: with `data` left undecoded, for `tensors.from_json` to
+    size it up first, where the header is far longer than the model's inputs, all of fixed
+    size, need (what a valid request still may be, with long numbers or much white space)."""
+    if plan.elements is not None and header_length > plan.elements * _JSON_ELEMENT_BYTES + _JSON_HEADER_BYTES:
+        return _SizedInferRequest
+    return _InferRequest
+
+
+def _decompress(body: bytes | memoryview, encoding: str | None, limit: int) -> bytes | memoryview:
     if not encoding or encoding == "identity":
         return body
     if encoding not in ("gzip", "deflate"):
@@ -260,10 +310,10 @@ def _header_length(value: str | None) -> int | None:
     return length
 
 
-async def _read_body(request: Request, header_length: int | None) -> bytes | memoryview:
-    """The body; a large one is read straight into memory placed so that the binary data
-    after the JSON header starts aligned, so `np.frombuffer` needs no copy to align it."""
-    size = request.content_length
+async def _read_body(request: Request, size: int | None, header_length: int | None) -> bytes | memoryview:
+    """The body, of `size` bytes (its Content-Length, within the body limit); a large one is
+    read straight into memory placed so that the binary data after the JSON header starts
+    aligned, so `np.frombuffer` needs no copy to align it."""
     if header_length is None or size is None or size < _ALIGNED_FROM or header_length > size:
         return await request.body()
     pad = -header_length % _ALIGN
@@ -298,7 +348,7 @@ def _wire_inputs(inputs: list[_Input], binary: memoryview) -> list[WireTensor]:
         params = tensor.parameters
         check_input_parameters(tensor.name, params)
         size = params.get("binary_data_size")
-        data = None if tensor.data is None else JsonData(tensor.data)
+        data = None if tensor.data in _NO_DATA else JsonData(tensor.data)
         if size is None:
             tensors.append(WireTensor(tensor.name, tensor.datatype, tensor.shape, data))
             continue

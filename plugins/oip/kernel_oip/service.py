@@ -7,6 +7,7 @@ decision about models, inputs and who may do what is made here, once.
 from __future__ import annotations
 
 import logging
+import math
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -72,11 +73,16 @@ class WireTensor(NamedTuple):
 class Plan:
     """What every request to one loaded session needs, worked out once per session."""
 
-    __slots__ = ("batchable", "inputs", "output_names")
+    __slots__ = ("batchable", "elements", "inputs", "output_names")
 
     def __init__(self, session: Session) -> None:
         self.inputs: dict[str, TensorInfo] = {info.name: info for info in session.inputs}
         self.output_names = frozenset(info.name for info in session.outputs)
+        #: The elements of a request, where every input's shape is fixed and none is BYTES
+        #: (of any length): what bounds the size of a valid JSON request. None otherwise.
+        self.elements: int | None = None if any(
+            info.datatype == "BYTES" or any(dim < 0 for dim in info.shape) for info in session.inputs
+        ) else sum(math.prod(info.shape) for info in session.inputs)
         #: Requests can be stacked, and answers split back by rows, only when every input's
         #: and every output's first dimension is dynamic (an output of fixed shape, a sum
         #: over the batch, has no rows to split).

@@ -112,14 +112,17 @@ def json_must(name: str, datatype: Any) -> str:
 
 
 def from_json(info: TensorInfo, shape: Sequence[int], data: Any) -> np.ndarray:
-    """An array from JSON `data` (as decoded, flat or nested), checked strictly for the
-    datatype: msgspec checks every element's type (and an integer's range) in C, so that
-    `"7"`, `1.9`, `null` or `true` are refused rather than coerced by NumPy."""
+    """An array from JSON `data` (as decoded, flat or nested, or still undecoded as
+    `msgspec.Raw`), checked strictly for the datatype: msgspec checks every element's type
+    (and an integer's range) in C, so that `"7"`, `1.9`, `null` or `true` are refused rather
+    than coerced by NumPy."""
     name, datatype = info.name, info.datatype
+    must = json_must(name, datatype)
+    if isinstance(data, msgspec.Raw):
+        data = _decode_sized(info, shape, must, data)
     depth = _depth(data)
     if depth > max(len(shape), 1):
         raise InvalidInput(f"input {name!r}: data is nested deeper than its shape {list(shape)}")
-    must = json_must(name, datatype)
     try:
         array = _json_array(must, datatype, msgspec.convert(data, _json_type(datatype, depth)), depth)
     except msgspec.ValidationError as exc:
@@ -129,6 +132,34 @@ def from_json(info: TensorInfo, shape: Sequence[int], data: Any) -> np.ndarray:
     except ValueError:
         raise InvalidInput(f"input {name!r}: data is not a regular array of {datatype} values") from None
     return _shaped(info, shape, array)
+
+
+def _decode_sized(info: TensorInfo, shape: Sequence[int], must: str, raw: msgspec.Raw) -> Any:
+    """JSON `data` that a request far longer than its model's inputs need left undecoded
+    (they are of fixed size, and not BYTES: see `Plan.elements`), decoded only once its text
+    shows no more elements or lists than `shape` has room for: decoding makes an object of
+    each, many times the size of its text. Numbers and booleans hold no strings, so commas
+    and brackets are all structure: n elements take n - 1 commas, and one more for each empty
+    list, which any list but the outer one may be; c commas in l lists are c + 2 - l elements
+    at least (at most one where there are none, which `_shaped` counts after decoding)."""
+    text = np.frombuffer(raw, np.uint8)
+    if np.count_nonzero(text == ord('"')) or np.count_nonzero(text == ord("{")):
+        raise InvalidInput(f"{must}; it holds strings or objects")
+    commas, lists = np.count_nonzero(text == ord(",")), np.count_nonzero(text == ord("["))
+    count = math.prod(shape)
+    if commas and commas + 2 - lists > count:
+        raise InvalidInput(
+            f"input {info.name!r}: at least {commas + 2 - lists} elements of data, expected {count} "
+            f"for shape {list(shape)}"
+        )
+    # A regular array of `count` elements (of the non-zero sizes, where one is zero) nested no
+    # deeper than the shape has no more lists than this.
+    if lists > 1 + len(shape) * math.prod(max(dim, 1) for dim in shape):
+        raise InvalidInput(f"input {info.name!r}: data holds {lists} lists, more than data of shape {list(shape)} can")
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.ValidationError as exc:  # a number no float holds (1e400)
+        raise InvalidInput(f"{must}; {str(exc).replace('`$', '`data', 1)}") from None
 
 
 def _json_array(must: str, datatype: str, values: Any, depth: int) -> np.ndarray:
