@@ -134,15 +134,19 @@ def serve(argv: list[str]) -> None:
 async def _serve(kernel: Any) -> None:
     import uvicorn
 
+    from kernel.connections import http_protocol, quiet_accept_failures, raise_open_file_limit
     from kernel.zerocopy import with_zerocopy_send
 
     config = kernel.config.kernel
     app = kernel.app  # route problems surface before any plugin starts
     listener = _listen(config.host, config.port)  # so does a port already in use
+    open_files = raise_open_file_limit()
+    asyncio.get_running_loop().set_exception_handler(quiet_accept_failures)
     try:
         await kernel.startup()
         server = uvicorn.Server(uvicorn.Config(
             with_zerocopy_send(app), log_config=None, access_log=False, server_header=False, lifespan="on",
+            http=http_protocol(config.header_timeout, open_files),
             ws_per_message_deflate=config.ws_compression,
             timeout_graceful_shutdown=config.shutdown_timeout,
         ))

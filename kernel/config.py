@@ -82,6 +82,10 @@ class KernelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Seconds a stopping server waits for open requests and WebSockets (long polls,
     #: blocking pulls) before closing them.
     shutdown_timeout: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    #: Seconds a connection has to send a request's headers, from its start or from the end
+    #: of the previous response, before it is closed (an idle or trickling client holds a
+    #: file descriptor as long as it is left open).
+    header_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
 
 
 class Config:

@@ -44,6 +44,10 @@ def describe(exc: Exception) -> tuple[int, str, dict[str, str]]:
     if isinstance(exc, UnicodeDecodeError):
         # What Litestar's JSON decoding (msgspec) raises for a body that is not UTF-8.
         return 400, f"the request body is not valid UTF-8 ({exc.reason})", {}
+    if isinstance(exc, RecursionError):
+        # What json and msgspec raise for arrays or objects nested deeper than Python's
+        # recursion limit (`[[[[...`), in Litestar's decoding or a plugin's.
+        return 400, "the request body is nested too deeply", {}
     return 500, "Internal server error", {}
 
 

@@ -43,5 +43,8 @@ def kernel_add_options(group: OptionGroup) -> None:
     group.add_option("--max-body-size", type=byte_size, metavar="SIZE", help="largest request body, e.g. 16M (default: 64M)")
     group.add_option("--shutdown-timeout", type=float, metavar="SECONDS",
                      help="how long a stopping server waits for open requests and WebSockets (default: 5)")
+    group.add_option("--header-timeout", type=float, metavar="SECONDS",
+                     help="close a connection that has not sent a request's headers this long after it opened "
+                          "or its previous response ended (default: 30)")
     group.add_option("--ws-compression", action=argparse.BooleanOptionalAction,
                      help="WebSocket per-message compression (default: off)")

@@ -1,0 +1,170 @@
+"""Guards on client connections, which uvicorn leaves to the application.
+
+uvicorn's httptools protocol keeps a connection open for as long as its client sends
+nothing, or sends a request's headers a line at a time (its keep-alive timer runs only
+between requests, and stops at the next request's first byte), and it takes headers of
+any size. Each such connection holds a file descriptor; once the process has none left,
+asyncio's accept loop (Python 3.11) logs a traceback and schedules a retry for every slot
+of the listener's backlog, and again on each retry: thousands a second, on a full core.
+
+`http_protocol` is uvicorn's protocol with a deadline for each request's headers, a limit
+on their size (431) and a cap on open connections below the open-file limit, past which a
+new connection is closed at once. `raise_open_file_limit` raises that limit as far as the
+system allows, and `quiet_accept_failures` logs a failing accept once in a while.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import resource
+import time
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger("kernel.connections")
+
+#: Largest request line and headers accepted, in bytes (nginx takes 32 KiB, Node 16 KiB).
+MAX_HEADER_SIZE = 64 * 1024
+#: What asyncio says when accept() fails for want of descriptors or memory.
+ACCEPT_FAILED = "socket.accept() out of system resource"
+#: Seconds between two warnings about one flood.
+WARN_EVERY = 10.0
+
+_TOO_LARGE_BODY = b"Request header fields too large"
+_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
+              b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_TOO_LARGE_BODY), _TOO_LARGE_BODY))
+
+
+class _Every:
+    """True at most once per `seconds`: for a warning that a flood would repeat."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.last = seconds, -math.inf
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self.last < self.seconds:
+            return False
+        self.last = now
+        return True
+
+
+_warn_accept, _warn_shed = _Every(WARN_EVERY), _Every(WARN_EVERY)
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit (the soft one is
+    often 1024, and each connection holds a file), log it, and return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):  # macOS refuses an unlimited one
+            pass
+    log.info("open files: at most %s", "unlimited" if soft == resource.RLIM_INFINITY else soft)
+    return soft
+
+
+def http_protocol(header_timeout: float, open_files: int) -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol (for `uvicorn.Config(http=...)`) closing a connection
+    whose request headers take longer than `header_timeout` seconds, and answering headers
+    past MAX_HEADER_SIZE with 431. A new connection is closed at once where the open files
+    would leave fewer than a quarter of `open_files` (at most 1024) to files, models and
+    pipes: accept() would soon fail, and a connection left in the backlog waits unanswered."""
+    cap = math.inf if open_files == resource.RLIM_INFINITY else open_files - min(open_files // 4, 1024)
+    return type("KernelHttpProtocol", (_GuardedProtocol,), {"header_timeout": header_timeout, "max_connections": cap})
+
+
+def quiet_accept_failures(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """A loop exception handler logging a failing accept in one line every WARN_EVERY
+    seconds, where asyncio would log a traceback for every try; others as asyncio does."""
+    if context.get("message") != ACCEPT_FAILED:
+        loop.default_exception_handler(context)
+    elif _warn_accept():
+        log.warning("cannot accept connections: %s (retried every second; repeats not logged for %ds)",
+                    context.get("exception"), WARN_EVERY)
+
+
+async def _headers_too_large(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 431, "headers": [
+        (b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(_TOO_LARGE_BODY)).encode()),
+        (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": _TOO_LARGE_BODY})
+
+
+class _GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline and a size limit for request headers,
+    and a cap on open connections (set by `http_protocol`)."""
+
+    header_timeout: float
+    max_connections: float
+    #: Since when (loop time) the server waits for a request's headers: from the
+    #: connection's start and from the end of each response; None while it handles one.
+    #: One timer per connection checks it, rather than one set and cancelled per request.
+    _waiting_since: float | None = None
+    _deadline: asyncio.TimerHandle | None = None
+    #: Bytes received while the server waits for a request's headers (but for those of the
+    #: read that ended the previous request); None from the end of the headers to the end
+    #: of the request.
+    _header_bytes: int | None = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            if _warn_shed():
+                log.warning("%d connections open, all the open-file limit allows: closing new ones "
+                            "(repeats not logged for %ds)", len(self.connections) - 1, WARN_EVERY)
+            transport.close()
+            return
+        self._waiting_since = self.loop.time()
+        self._deadline = self.loop.call_later(self.header_timeout, self._check_deadline)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._header_bytes is not None:
+            self._header_bytes += len(data)
+        super().data_received(data)
+        # Counted here, as they arrive: httptools keeps a header in memory until it ends.
+        if self._header_bytes is not None and self._header_bytes > MAX_HEADER_SIZE and not self.transport.is_closing():
+            if self.cycle is None or self.cycle.response_complete:  # else it would land in a response under way
+                self.transport.write(_TOO_LARGE)
+            self.transport.close()
+
+    def on_headers_complete(self) -> None:
+        self._waiting_since = self._header_bytes = None
+        # Measured whole: headers that ended within a read were not checked as they came.
+        # The request is answered, as uvicorn answers past `limit_concurrency`, by an app
+        # of its own.
+        if len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers) > MAX_HEADER_SIZE:
+            self.app = _headers_too_large  # the connection closes after it
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._header_bytes = 0
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # Unless a pipelined request is under way, the client is to send the next one
+        # (uvicorn's keep-alive timer runs too, but stops at its first byte).
+        if self.cycle.response_complete:
+            self._waiting_since = self.loop.time()
+
+    def _check_deadline(self) -> None:
+        if self.transport.is_closing() or self.transport.get_protocol() is not self:  # closed, or a WebSocket now
+            return
+        since = self._waiting_since
+        if since is None:  # a request is being handled: look again later
+            since = self.loop.time()
+        elif self.loop.time() >= since + self.header_timeout:
+            self.transport.close()
+            return
+        self._deadline = self.loop.call_at(since + self.header_timeout, self._check_deadline)
