@@ -1,15 +1,18 @@
-"""PTG's batch framing, ids and the users file, without a server."""
+"""PTG's batch framing, ids, the byte budget of a message and the users file, without a server."""
 
 from __future__ import annotations
 
+import asyncio
 import stat
 import subprocess
 import sys
+import threading
 
 import pytest
 from kernel_streams import framing
+from kernel_streams.budget import Budget
 from kernel_streams.rest import cursors
-from kernel_streams.users import Users, check_password, hash_password, load_users
+from kernel_streams.users import Logins, Users, check_password, hash_password, load_users
 
 import kernel
 
@@ -90,6 +93,35 @@ def test_password_hashes_and_the_dev_rule(tmp_path):
         load_users(str(path))
 
 
+def test_password_checks_keep_to_their_threads_and_refuse_past_the_queue():
+    release = threading.Event()
+
+    class Blocked(Users):
+        def check(self, name: str, password: str) -> bool:
+            release.wait(30)
+            return True
+
+    logins = Logins(Blocked({}, dev_login=False), threads=2, queue=3)
+
+    async def run() -> list[object]:
+        checks = [asyncio.ensure_future(logins.check("u", "pw")) for _ in range(40)]
+        await asyncio.sleep(0)
+        # the login threads are all busy; the default pool, which every plugin shares, is not
+        assert await asyncio.wait_for(asyncio.to_thread(str, "free"), 10) == "free"
+        release.set()
+        return await asyncio.gather(*checks, return_exceptions=True)
+
+    try:
+        results = asyncio.run(run())
+    finally:
+        release.set()
+        logins.close()
+    assert results.count(True) == 5
+    refused = [r for r in results if r is not True]
+    assert len(refused) == 35 and all(isinstance(r, kernel.Unavailable) for r in refused)
+    assert refused[0].status_code == 503 and refused[0].headers == {"Retry-After": "1"}
+
+
 def test_the_users_command_has_help_and_explains_a_file_it_cannot_write(tmp_path):
     def users(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "kernel_streams.users", *args], input="pw\n", text=True,
@@ -111,3 +143,33 @@ def test_the_users_command_has_help_and_explains_a_file_it_cannot_write(tmp_path
     assert Users(load_users(str(tmp_path / "u.txt")), dev_login=False).check("dave", "pw")
     (tmp_path / "latin.txt").write_bytes(b"caf\xe9:x\n")
     assert users(str(tmp_path / "latin.txt"), "dave").stderr.endswith("it is not a UTF-8 text file\n")
+
+
+def test_a_message_carries_entries_within_the_byte_budget_none_skipped():
+    sizes: dict[str, int] = {}
+    budget = Budget(10, ["a", "b"], sizes)
+    a = [("a", f"{i}-0", b"x" * 4) for i in range(1, 4)]
+    b = [("b", f"{i}-0", b"y" * 2) for i in range(1, 4)]
+    assert budget.wanted(100) == 1  # one per stream while sizes are unknown
+    assert budget.fit(a + b) == [*a[:2], *b[:1]]  # b's second would pass 10 bytes, and nothing after it is taken
+    assert budget.fit(a + b, newest=True) == [*a[2:], *b]  # each stream's newest
+    assert budget.fit([("a", "1-0", b"z" * 50), *b]) == [("a", "1-0", b"z" * 50)]  # one entry whatever its size
+    assert sizes == {"a": 50, "b": 2}
+    # a stream cut from a message goes first in the next: large entries elsewhere do not hold it up for ever
+    big = [("a", f"{i}-0", b"x" * 9) for i in range(1, 4)]
+    turns = Budget(10, ["a", "b"], {})
+    assert turns.fit(big[:2] + b) == big[:1]
+    assert turns.fit(big[1:] + b) == b
+    assert turns.fit(big[1:] + b) == big[1:2]
+    assert budget.fit(b) == b and budget.size == 2 and budget.wanted(100) == 2
+
+    reads: list[int] = []
+
+    async def read(n: int) -> list:
+        reads.append(n)
+        return [("c", f"{i}-0", b"x" * 4) for i in range(1, n + 1)]
+
+    assert len(asyncio.run(Budget(10, ["c"], sizes).read(read, 100))) == 2 and reads == [1, 2]  # one to learn the size
+    assert len(asyncio.run(Budget(10, ["c"], sizes).read(read, 100))) == 2 and reads == [1, 2, 2]  # known now
+    assert framing.id_before("5-3") == "5-2" and framing.id_before("5-0") == f"4-{2**64 - 1}"
+    assert framing.id_before("0-0") == "0-0"

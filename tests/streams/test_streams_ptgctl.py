@@ -180,3 +180,28 @@ asyncio.run(main())
             proc.wait()
     assert proc.returncode == 0, err[-3000:]
     assert json.loads(out.splitlines()[-1]) == ["before", "after"]
+
+
+def test_large_entries_come_fewer_to_a_message_within_what_ptgctl_takes(ptgctl_python, streams, tmp_path,
+                                                                         redis_server: Redis):
+    """ptgctl takes WebSocket messages of 16 MiB at most (websockets' default): four 6 MB
+    entries asked for at once come two to a message, pulled or read over REST."""
+    client = redis_server.client()
+    for i in range(4):
+        client.xadd("large-ptg", {b"d": bytes([i]) * 6_000_000})
+    out = run_ptgctl(ptgctl_python, tmp_path, streams, """
+        async def main():
+            messages = []
+            async with api.data_pull_connect("large-ptg", last_entry_id="0", latest=False, count=4,
+                                             timeout=1000) as ws:
+                while sum(len(m) for m in messages) < 4:
+                    messages.append([(ts, len(data), data[:1].hex()) for _, ts, data in await ws.recv_data()])
+            first = api.data("large-ptg", last_entry_id="0", count=4)
+            rest = api.data("large-ptg", last_entry_id=first[-1][1], count=4)
+            return {"messages": messages, "rest": [[len(d), d[:1].hex()] for _, _, d in first + rest]}
+        print(json.dumps(asyncio.run(main())))
+    """)
+    messages = out["messages"]
+    assert [byte for m in messages for _, _, byte in m] == ["00", "01", "02", "03"]
+    assert all(sum(size for _, size, _ in m) <= 2**24 for m in messages)
+    assert out["rest"] == [[6_000_000, f"0{i}"] for i in range(4)]

@@ -42,6 +42,25 @@ def test_login_refusals_use_ptgs_error_shape(streams):
     assert PASSWORD not in streams.output()
 
 
+def test_a_flood_of_logins_past_the_login_queue_is_told_to_come_back(tmp_path, redis_server: Redis, users_file: Path):
+    server = start_streams(tmp_path / "home", redis_server.url, "--streams-users", str(users_file),
+                           "--streams-login-threads", "1", "--streams-login-queue", "2")
+    try:
+        async def flood() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=60,
+                                         limits=httpx.Limits(max_connections=60)) as client:
+                return await asyncio.gather(*[client.post("/token", data={"username": name, "password": "wrong"})
+                                              for name in [USER, "nobody"] * 30])
+
+        answers = asyncio.run(flood())
+        assert {r.status_code for r in answers} == {401, 503}  # known and unknown users alike
+        busy = next(r for r in answers if r.status_code == 503)
+        assert busy.json() == {"detail": "too many logins at once; try again"} and busy.headers["Retry-After"] == "1"
+        assert httpx.post(server.url + "/token", data={"username": USER, "password": PASSWORD}).status_code == 200
+    finally:
+        server.stop()
+
+
 def test_token_exp_must_be_a_positive_number_of_seconds(streams):
     form = {"username": USER, "password": PASSWORD}
     for exp in ("abc", "-5", "0", "1.5"):

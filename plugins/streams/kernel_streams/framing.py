@@ -53,6 +53,14 @@ def is_entry_id(value: str) -> bool:
     return bool(_ENTRY_ID.match(value)) and _fits(value)
 
 
+def id_before(entry_id: str) -> str:
+    """The largest entry id below `entry_id` (`0-0` below the smallest): reading after it starts at `entry_id`."""
+    ms, _, seq = entry_id.partition("-")
+    if int(seq or 0):
+        return f"{ms}-{int(seq) - 1}"
+    return f"{int(ms) - 1}-{_MAX_PART}" if int(ms) else "0-0"
+
+
 def split_stream_ids(path_sid: str) -> list[str]:
     """The streams of a path's `a+b+c`; each id checked, duplicates refused."""
     sids = [check_stream_id(s) for s in path_sid.split("+")]

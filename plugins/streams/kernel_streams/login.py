@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from typing import Annotated, Any
@@ -52,7 +51,7 @@ async def issue_token(
         raise kernel.BadRequest("form fields username and password are required")
     config = k.config.section("streams")
     asked = params.integer(request.query_params, "exp", None)  # a lifetime in seconds, else a 400
-    if not await asyncio.to_thread(runtime(request).users.check, name, password):
+    if not await runtime(request).logins.check(name, password):
         log.info("refused a login for user %r", name[:64])
         raise kernel.Unauthorized("Incorrect username or password", headers={"WWW-Authenticate": "Bearer"})
     ttl = config.token_ttl if asked is None else min(config.token_ttl, asked)

@@ -42,7 +42,7 @@ def kernel_authenticate(request: Any, kernel: kernel.Kernel) -> kernel.Principal
 async def kernel_startup(kernel: kernel.Kernel) -> None:
     from kernel_streams.embedded import EmbeddedRedis
     from kernel_streams.store import StreamStore
-    from kernel_streams.users import Users, load_users
+    from kernel_streams.users import Logins, Users, load_users
 
     config: streams_config.StreamsConfig = kernel.config.section("streams")
     redact.install()
@@ -53,7 +53,7 @@ async def kernel_startup(kernel: kernel.Kernel) -> None:
     users = Users(load_users(config.users) if config.users else {}, config.dev_login)
     if not config.users and not config.dev_login:
         log.warning("no --streams-users file: /token accepts nobody (tokens from `kernel token --scope streams` work)")
-    rt = Runtime(config=config, users=users)
+    rt = Runtime(config=config, logins=Logins(users, threads=config.login_threads, queue=config.login_queue))
     url = config.redis
     if url is None:
         rt.embedded = EmbeddedRedis(os.path.expanduser(kernel.config.kernel.state_dir))
@@ -72,6 +72,7 @@ async def kernel_shutdown(kernel: kernel.Kernel) -> None:
     rt: Runtime | None = kernel.app.state.get(STATE_KEY)
     if rt is None:
         return
+    rt.logins.close()
     await rt.store.close()
     if rt.embedded is not None:
         await rt.embedded.stop()

@@ -11,6 +11,7 @@ from litestar.params import Body, FromPath
 
 import kernel
 from kernel_streams import framing, params
+from kernel_streams.budget import Budget
 from kernel_streams.runtime import Runtime, runtime
 
 GUARD = [kernel.requires("streams")]
@@ -72,17 +73,21 @@ def cursors(sids: list[str], last_entry_id: str) -> dict[str, str]:
 
 @get("/data/{sid:str}", guards=GUARD, summary="Retrieve data from one or multiple streams")
 async def read_entries(request: Request, sid: FromPath[str]) -> Response[bytes]:
-    """`count` entries per stream after `last_entry_id` (`*`, the default: the latest ones);
-    the body is the entries back to back, the header `entry-offset` says where each starts."""
+    """`count` entries per stream after `last_entry_id` (`*`, the default: the latest ones),
+    fewer where they would pass `max_bytes`; the body is the entries back to back, the
+    header `entry-offset` says where each starts."""
     rt: Runtime = runtime(request)
     sids = framing.split_stream_ids(sid)
     count = params.integer(request.query_params, "count", 1, high=rt.config.max_count)
     last = cursors(sids, request.query_params.get("last_entry_id") or "*")
     star = [s for s in sids if last[s] == "*"]
     after = {s: v for s, v in last.items() if v != "*"}
-    entries = await rt.store.latest(star, count) if star else []
-    if after:
-        entries += await rt.store.read(after, count)
+    budget = Budget(rt.config.max_bytes, sids, rt.store.entry_sizes)
+    newest = await budget.read(lambda n: rt.store.latest(star, n), count) if star else []
+    oldest = await budget.read(lambda n: rt.store.read(after, n), count) if after else []
+    # the newest of the `*` streams' entries are the ones to keep, the oldest of the others'
+    kept = budget.fit([*reversed(newest), *oldest])
+    entries = [e for e in reversed(kept) if e[0] not in after] + [e for e in kept if e[0] in after]
     header, blob = framing.pack(entries)
     return Response(blob, media_type="application/octet-stream", headers={"entry-offset": header.decode()})
 

@@ -1,4 +1,4 @@
-"""What the plugin holds while it serves: its config, users and data store."""
+"""What the plugin holds while it serves: its config, logins and data store."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from kernel_streams.config import StreamsConfig
 from kernel_streams.embedded import EmbeddedRedis
 from kernel_streams.store import StreamStore
-from kernel_streams.users import Users
+from kernel_streams.users import Logins
 
 #: The key of the runtime in the app's state.
 STATE_KEY = "streams"
@@ -17,7 +17,7 @@ STATE_KEY = "streams"
 @dataclass
 class Runtime:
     config: StreamsConfig
-    users: Users
+    logins: Logins
     store: StreamStore = field(init=False)
     embedded: EmbeddedRedis | None = None
 

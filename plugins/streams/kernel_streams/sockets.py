@@ -1,10 +1,11 @@
 """PTG's WebSockets: `/data/{sid}/push` and `/data/{sid}/pull`.
 
 Both hold a bounded amount of data per socket. A push reads at most `push_queue` messages
-ahead of Redis, then stops reading (TCP slows the sender); a pull reads Redis at most one
-read ahead of the read whose batches the socket is sending, and that send waits while the
-client is slow. Errors close the socket with a code and a reason: 1003 wrong frame type, 1007 a
-malformed batch, 1008 a bad query or a command Redis refused, 1013 the data store is down.
+ahead of Redis, then stops reading (TCP slows the sender); a pull's messages hold at most
+`max_bytes` of entries, it reads Redis at most one read ahead of the message the socket is
+sending, and that send waits while the client is slow, for `send_timeout_s` at most. Errors
+close the socket with a code and a reason: 1003 wrong frame type, 1007 a malformed batch, 1008
+a bad query, a command Redis refused or a client that takes nothing, 1013 the data store is down.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from litestar import WebSocket, websocket
@@ -22,6 +23,7 @@ from litestar.params import FromPath
 
 import kernel
 from kernel_streams import framing, params
+from kernel_streams.budget import Budget
 from kernel_streams.rest import GUARD, cursors
 from kernel_streams.runtime import runtime
 from kernel_streams.store import Entry, StoreUnavailable, StreamStore
@@ -60,9 +62,10 @@ async def _receive(socket: WebSocket) -> dict[str, Any]:
 
 
 async def _close(socket: WebSocket, code: int, reason: str) -> None:
+    """Close with `code`, waiting at most `send_timeout_s` for the client to take what is before it."""
     reason = reason.encode()[:120].decode(errors="ignore")
     with contextlib.suppress(Exception):
-        await socket.close(code=code, reason=reason)
+        await asyncio.wait_for(socket.close(code=code, reason=reason), runtime(socket).config.send_timeout_s)
 
 
 def _refusal(exc: Exception) -> tuple[int, str]:
@@ -154,12 +157,43 @@ async def push(socket: WebSocket, sid: FromPath[str]) -> None:
 # -- pull ----------------------------------------------------------------------------------
 
 
+class _Out:
+    """A pull's batches going out: each written as its JSON header then its blob, then, with
+    `ack`, the client's message awaited. uvicorn's `send` waits while the socket's buffer
+    still holds the last message, so a client that stops reading holds up the writer, not
+    more memory; `since`, when the write waiting now began, lets the pull give up on it."""
+
+    def __init__(self, socket: WebSocket, ack: bool) -> None:
+        self.socket = socket
+        self.acks: asyncio.Queue[None] | None = asyncio.Queue(1) if ack else None
+        self.since: float | None = None
+
+    async def write(self, entries: list[Entry]) -> None:
+        header, blob = framing.pack(entries)
+        entries.clear()  # the blob holds their data now: not both while the client takes it
+        self.since = time.monotonic()
+        # the ASGI events themselves: Litestar's send_text/send_bytes only add layers here
+        await self.socket.send({"type": "websocket.send", "text": header.decode(), "bytes": None})
+        await self.socket.send({"type": "websocket.send", "bytes": blob, "text": None})
+        self.since = None
+
+    async def acked(self) -> None:
+        if self.acks is not None:
+            await self.acks.get()
+
+    async def send(self, entries: list[Entry]) -> None:
+        await self.write(entries)
+        await self.acked()
+
+
 @websocket("/data/{sid:str}/pull", guards=GUARD)
 async def pull(socket: WebSocket, sid: FromPath[str]) -> None:
     """Entries out, as a JSON header `[[sid, id, start], ...]` then one blob, for ever:
     blocking in Redis until entries arrive; with `timeout` (ms) closing when none do;
     with `ack` waiting for any client message after each batch. With `latest` each batch
-    is the newest entries after the cursor, else every entry comes in order."""
+    is the newest entries after the cursor, else every entry comes in order. A batch holds
+    at most `max_bytes` of entries (or one entry); a client that takes no message for
+    `send_timeout_s` is closed with 1008."""
     rt = runtime(socket)
     config = rt.config
     query = socket.query_params
@@ -177,23 +211,21 @@ async def pull(socket: WebSocket, sid: FromPath[str]) -> None:
     except kernel.BadRequest as exc:
         await _close(socket, POLICY, exc.detail)
         return
-    acks: asyncio.Queue[None] = asyncio.Queue(1)
+    out = _Out(socket, ack)
+    budget = Budget(config.max_bytes, sids, rt.store.entry_sizes)
 
     async def watch() -> None:
         """Notice the client leaving (even while Redis blocks) and collect acks."""
         with contextlib.suppress(_Closed):
             while True:
                 await _receive(socket)
-                if ack:
-                    await acks.put(None)
+                if out.acks is not None:
+                    await out.acks.put(None)
 
-    async def send(entries: list[Entry]) -> None:
-        header, blob = framing.pack(entries)
-        # the ASGI events themselves: Litestar's send_text/send_bytes only add layers here
-        await socket.send({"type": "websocket.send", "text": header.decode(), "bytes": None})
-        await socket.send({"type": "websocket.send", "bytes": blob, "text": None})
-        if ack:
-            await acks.get()
+    async def stalled() -> None:
+        """Returns once a write has waited `send_timeout_s` for the client to take the last message."""
+        while out.since is None or time.monotonic() - out.since < config.send_timeout_s:
+            await asyncio.sleep(config.send_timeout_s / 4)
 
     async def run() -> None:
         store = rt.store
@@ -202,70 +234,72 @@ async def pull(socket: WebSocket, sid: FromPath[str]) -> None:
         if dollar:
             cursor.update(await store.last_ids(dollar))
         star = [s for s, v in cursor.items() if v == "*"]
-        if star:
-            newest = await store.latest(star, count)
+        if star:  # from just before the newest `count` entries (fewer where they pass the budget)
+            newest = await budget.read(lambda n: store.latest(star, n), count)
             cursor.update({s: "0-0" for s in star})
-            cursor.update({s: i for s, i, _ in newest})
-            if newest:
-                await send(newest)
+            cursor.update({s: framing.id_before(i) for s, i, _ in reversed(newest)})
         block = timeout or config.block_ms
         if latest:
-            await _newest_batches(store, sids, cursor, count, block, timeout, send)
+            await _newest_batches(store, sids, cursor, count, block, timeout, out, budget)
         else:
-            await _batches_in_order(store, cursor, count, block, timeout, send)
+            await _batches_in_order(store, cursor, count, block, timeout, out, budget)
         await _close(socket, 1000, "no entries within the timeout")
 
     watcher = asyncio.create_task(watch())
     runner = asyncio.create_task(run())
+    guard = asyncio.create_task(stalled())
     try:
-        await asyncio.wait([watcher, runner], return_when=asyncio.FIRST_COMPLETED)
-        if runner.done() and not runner.cancelled() and runner.exception() is not None:
+        await asyncio.wait([watcher, runner, guard], return_when=asyncio.FIRST_COMPLETED)
+        if guard.done():
+            runner.cancel()  # lets go of the entries it holds while the close waits for the client
+            log.info("closing a pull whose client took no message for %g s", config.send_timeout_s)
+            await _close(socket, POLICY, f"the client took no message for {config.send_timeout_s:g} s")
+        elif runner.done() and not runner.cancelled() and runner.exception() is not None:
             exc = runner.exception()
             if not isinstance(exc, (_Closed, WebSocketDisconnect)):
                 code, reason = _refusal(exc)  # type: ignore[arg-type]
                 await _close(socket, code, reason)
     finally:
-        for task in (watcher, runner):
+        for task in (watcher, runner, guard):
             task.cancel()
-        for task in (watcher, runner):
+        for task in (watcher, runner, guard):
             with contextlib.suppress(BaseException):
                 await task
 
 
-Send = Callable[[list[Entry]], Awaitable[None]]
-
-
 async def _newest_batches(store: StreamStore, sids: list[str], cursor: dict[str, str], count: int, block: int,
-                          timeout: int | None, send: Send) -> None:
-    """Live view: each batch is the newest `count` entries when it is sent, so nothing is
-    read ahead. Returns when `timeout` passes without an entry."""
+                          timeout: int | None, out: _Out, budget: Budget) -> None:
+    """Live view: each batch is the newest `count` entries (those within the budget) when it
+    is sent, so nothing is read ahead. Returns when `timeout` passes without an entry."""
     while True:
-        entries = await store.latest(sids, count, after=cursor)
+        entries = await budget.read(lambda n: store.latest(sids, n, after=cursor), count)
         if not entries:
-            entries = await store.read(cursor, count, block)
+            entries = await store.read(cursor, budget.wanted(count), block)
         if not entries:
             if timeout:
                 return
             continue
+        entries = budget.fit(entries, newest=True)
         for s, i, _ in entries:
             cursor[s] = i
-        await send(entries)
+        await out.send(entries)
 
 
 async def _batches_in_order(store: StreamStore, cursor: dict[str, str], count: int, block: int,
-                            timeout: int | None, send: Send) -> None:
-    """Every entry in order, in batches of `count`. The next read from Redis overlaps the
-    sending of the last read's batches, and one read fetches several batches of small
-    entries; at most the read being sent and the next one are held. Returns when `timeout`
-    ms pass after the last batch was sent without an entry."""
+                            timeout: int | None, out: _Out, budget: Budget) -> None:
+    """Every entry in order, in batches of `count` (fewer past the budget). One read fetches
+    several batches of small entries, and the next read starts once the first batch of the
+    last one is written, overlapping the rest of the sending and the acks: a client that stops
+    reading holds up the message in the socket's buffer and one read, no more. Returns when
+    `timeout` ms pass after the last batch was sent without an entry."""
 
     async def fetch(wanted: int, wait_ms: int) -> list[Entry]:
         while True:
             entries = await store.read(cursor, wanted, wait_ms)
             if entries or timeout:
-                return entries
+                return budget.fit(entries)
 
-    wanted = count
+    wanted = budget.wanted(count)
     pending = asyncio.ensure_future(fetch(wanted, block))
     sent_at: float | None = None  # when the last batch went out, if after `pending` began
     try:
@@ -280,11 +314,15 @@ async def _batches_in_order(store: StreamStore, cursor: dict[str, str], count: i
                 continue
             for s, i, _ in entries:
                 cursor[s] = i
-            wanted = _read_ahead(count, sum(len(d) for _, _, d in entries) // len(entries))
-            pending = asyncio.ensure_future(fetch(wanted, block))
+            wanted = budget.wanted(_read_ahead(count, budget.size or 1))
+            batches = list(_per_stream(entries, count))
+            entries.clear()  # each batch's data goes once it is written
             # the batches go out from this task: handing each to another cost a task switch
-            for batch in _per_stream(entries, count):
-                await send(batch)
+            for n, batch in enumerate(batches):
+                await out.write(batch)
+                if n == 0:
+                    pending = asyncio.ensure_future(fetch(wanted, block))
+                await out.acked()
             sent_at = time.monotonic()
     finally:
         pending.cancel()
@@ -308,7 +346,7 @@ def _per_stream(entries: list[Entry], count: int) -> Iterator[list[Entry]]:
 
 def _read_ahead(count: int, entry_size: int) -> int:
     """Entries one read asks Redis for: `count`, or more while entries are small, up to
-    about READ_AHEAD_BYTES (by the size of the entries just read)."""
+    about READ_AHEAD_BYTES (by the size of the largest entry just read)."""
     return max(count, min(READ_AHEAD_ENTRIES, READ_AHEAD_BYTES // max(entry_size, 1)))
 
 

@@ -114,6 +114,8 @@ class StreamStore:
         self.max_len = max_len
         self.retry_s = retry_s
         self._max_lens: dict[str, tuple[float, int]] = {}
+        #: The largest entry of each stream's last read: how many entries a next read may ask for.
+        self.entry_sizes: dict[str, int] = {}
         self._delete_script = self.redis.register_script(_DELETE)
 
     async def close(self) -> None:
@@ -296,6 +298,7 @@ class StreamStore:
         result = await self._run(lambda: self._delete_script(keys=keys))
         for sid in sids:
             self._max_lens.pop(sid, None)
+            self.entry_sizes.pop(sid, None)
         return result
 
 

@@ -1,4 +1,5 @@
-"""The users file `/token` checks passwords against, and a command to add users to it.
+"""The users file `/token` checks passwords against, the threads that check them, and a
+command to add users to the file.
 
 One user a line, `name:scrypt$<log2 n>$<r>$<p>$<salt, base64>$<hash, base64>`; blank lines
 and lines starting with `#` are ignored. Add or replace a user with
@@ -9,11 +10,13 @@ from standard input when it is not a terminal).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import hashlib
 import hmac
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import kernel
@@ -86,6 +89,31 @@ class Users:
             return check_password(password, encoded)
         check_password(password, _DUMMY)  # the time a known user's check takes
         return self._dev_login and hmac.compare_digest(name.encode(), password.encode())
+
+
+class Logins:
+    """Password checks on threads of their own. Each is ~16 MiB and tens of ms of scrypt: a
+    flood of logins on the default thread pool, which every plugin's `asyncio.to_thread`
+    shares, would hold up all of them. Past `queue` checks waiting for a thread, a login is
+    refused with a 503 before anything about the user is looked at."""
+
+    def __init__(self, users: Users, *, threads: int, queue: int) -> None:
+        self._users = users
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="streams-login")
+        self._most = threads + queue
+        self._checks = 0
+
+    async def check(self, name: str, password: str) -> bool:
+        if self._checks >= self._most:
+            raise kernel.Unavailable("too many logins at once; try again")
+        self._checks += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, self._users.check, name, password)
+        finally:
+            self._checks -= 1
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def main(argv: list[str]) -> int:
