@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Server, free_port
+from tests.conftest import Server, free_port, run_kernel
 from tests.jobs.aime_helpers import ENDPOINTS, WORKER_KEY, Worker, aime_python, run_client
 
 SECRET = "jobs-test-secret-" + "x" * 40
@@ -129,6 +129,19 @@ def test_a_job_its_client_waits_for_is_handed_out_as_one_to_report_progress_on(p
             "job_type": "echo", "auth_key": WORKER_KEY, "auth": "w", "job_id": job_id, "text": "ONCE", "steps": 1})
         assert done.json()["cmd"] == "ok"
         assert waiting.result().json()["text"] == "ONCE"
+
+
+def test_a_redis_that_never_answers_is_unreachable_not_a_hang(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as silent:  # connections queue in its backlog; nobody answers them
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        done = run_kernel(["serve", "--plugins", "jobs", "--jobs-endpoints", str(ENDPOINTS), "--port", "0",
+                           "--jobs-redis", f"redis://127.0.0.1:{silent.getsockname()[1]}",
+                           "--token-secret", SECRET], tmp_path, timeout=30)
+    # without a timeout, the server hung at startup (run_kernel's own 30 s then fail the test)
+    assert done.returncode != 0 and "cannot reach Redis given by --jobs-redis: TimeoutError" in done.stderr
 
 
 def test_redis_restart_and_outage(tmp_path: Path, test_plugins: None) -> None:

@@ -51,6 +51,9 @@ def load(raw: bytes | str) -> Job:
 
 #: Longest single blocking Redis call, so a worker that hangs up is noticed quickly.
 SLICE = 1.0
+#: Longest wait for Redis to connect or answer (a blocking call waits SLICE more): past it,
+#: a Redis that drops packets is unreachable, rather than every request hanging on it.
+TIMEOUT = 5.0
 
 # KEYS: job, queue, disabled set, the client's active set.
 # ARGV: job JSON, id, max queue, endpoint, client limit, job key prefix.
@@ -241,7 +244,8 @@ class RedisStore(Store):
     async def start(self) -> None:
         # RESP2: with RESP3, redis-py (8.x) skips its check for connections Redis closed
         # (a restart) and sends the next command down the dead one
-        self.redis = aioredis.Redis.from_url(self.url, protocol=2)
+        self.redis = aioredis.Redis.from_url(self.url, protocol=2, socket_connect_timeout=TIMEOUT,
+                                             socket_timeout=TIMEOUT + SLICE)
         await self.redis.ping()
         self._submit = self.redis.register_script(SUBMIT)
         self._start = self.redis.register_script(START)
