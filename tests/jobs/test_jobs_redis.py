@@ -140,7 +140,7 @@ def test_a_redis_that_never_answers_is_unreachable_not_a_hang(tmp_path: Path) ->
         done = run_kernel(["serve", "--plugins", "jobs", "--jobs-endpoints", str(ENDPOINTS), "--port", "0",
                            "--jobs-redis", f"redis://127.0.0.1:{silent.getsockname()[1]}",
                            "--token-secret", SECRET], tmp_path, timeout=30)
-    # without a timeout, the server hung at startup (run_kernel's own 30 s then fail the test)
+    # without a timeout, the server hung at startup (and run_kernel's own 30 s failed the test)
     assert done.returncode != 0 and "cannot reach Redis given by --jobs-redis: TimeoutError" in done.stderr
 
 
