@@ -131,6 +131,35 @@ def test_patterns_that_are_long_or_unroll_are_refused(server: Server, images: di
     assert long.status_code == 400 and long.json() == {"detail": "pattern is longer than 1000 characters"}
     with pytest.raises(StartupError, match=r"--detect-pattern: .* repeats too much"):
         settings(DetectConfig(pattern=UNROLLED))
+    # `re` takes 200 nested groups; `regex` would recurse past Python's limit compiling them
+    nested = "(?:" * 200 + "person" + ")" * 200
+    answer = detect(server, images["blank"], pattern=nested)
+    assert answer.status_code == 400 and answer.json() == {"detail": "pattern nests groups too deeply"}
+    with pytest.raises(StartupError, match=r"--detect-pattern: .* nests groups too deeply"):
+        settings(DetectConfig(pattern=nested))
+
+
+def test_time_waiting_for_the_interpreter_is_not_charged_to_a_pattern() -> None:
+    import msgspec
+    from kernel_detect.filters import Budget, compile_pattern
+
+    # another thread holds the interpreter lock in long C calls, as a JSON decode does
+    text = msgspec.json.encode([1.5] * 3_000_000)
+    stop = threading.Event()
+
+    def busy() -> None:
+        while not stop.is_set():
+            msgspec.json.decode(text)
+
+    thread = threading.Thread(target=busy)
+    thread.start()
+    try:
+        budget, person = Budget(0.2), compile_pattern("person|car")
+        for _ in range(200):  # each match may wait for the lock (5 ms switches): past 0.2 s in all
+            assert budget.match(person, "person", "pattern")
+    finally:
+        stop.set()
+        thread.join()
 
 
 # -- frames -------------------------------------------------------------------------------
