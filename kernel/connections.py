@@ -111,6 +111,8 @@ class _GuardedProtocol(HttpToolsProtocol):
     #: read that ended the previous request); None from the end of the headers to the end
     #: of the request.
     _header_bytes: int | None = 0
+    #: Whether a request's body is still arriving (from its headers' end to its own).
+    _in_message = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -140,6 +142,7 @@ class _GuardedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._waiting_since = self._header_bytes = None
+        self._in_message = True
         # Measured whole: headers that ended within a read were not checked as they came.
         # The request is answered, as uvicorn answers past `limit_concurrency`, by an app
         # of its own.
@@ -149,13 +152,17 @@ class _GuardedProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._header_bytes = 0
+        self._in_message = False
         super().on_message_complete()
+        if self.cycle is not None and self.cycle.response_complete:  # answered before its body ended
+            self._waiting_since = self.loop.time()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        # Unless a pipelined request is under way, the client is to send the next one
+        # Unless a pipelined request is under way, or this one's body is still arriving (an
+        # answer that did not need it: a 404, a 401), the client is to send the next one
         # (uvicorn's keep-alive timer runs too, but stops at its first byte).
-        if self.cycle.response_complete:
+        if self.cycle.response_complete and not self._in_message:
             self._waiting_since = self.loop.time()
 
     def _check_deadline(self) -> None:

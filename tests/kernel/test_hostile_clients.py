@@ -124,6 +124,19 @@ def test_a_slow_body_and_requests_after_it_are_served(server):
         assert read_response(sock).startswith(b"HTTP/1.1 200")
 
 
+def test_a_slow_body_answered_before_it_ends_is_not_cut_off(server):
+    # The answer needs no body (405), but the client still sends it, slowly: the deadline
+    # for the next request's headers starts at the end of this one, not of its answer.
+    with connect(server) as sock:
+        sock.sendall(b"POST /-/health HTTP/1.1\r\nHost: x\r\nContent-Length: 15\r\n\r\n")
+        assert read_response(sock).startswith(b"HTTP/1.1 405")
+        for piece in (b"01234", b"56789", b"abcde"):
+            time.sleep(TIMEOUT * 0.8)
+            sock.sendall(piece)
+        sock.sendall(b"GET /-/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(sock).startswith(b"HTTP/1.1 200")
+
+
 def test_headers_past_64_kib_are_answered_431(server):
     lines = b"".join(b"X-Header-%05d: some value\r\n" % i for i in range(3000))  # 90 KB in short lines
     with connect(server) as sock:
