@@ -173,3 +173,9 @@ def test_a_message_carries_entries_within_the_byte_budget_none_skipped():
     assert len(asyncio.run(Budget(10, ["c"], sizes).read(read, 100))) == 2 and reads == [1, 2, 2]  # known now
     assert framing.id_before("5-3") == "5-2" and framing.id_before("5-0") == f"4-{2**64 - 1}"
     assert framing.id_before("0-0") == "0-0"
+
+
+def test_the_byte_budget_is_a_size_as_every_layer_writes_one(tmp_path):
+    k = kernel.create_kernel(["streams"], environ={"KERNEL_STREAMS_MAX_BYTES": "8M"},
+                             options={"kernel": {"state_dir": str(tmp_path)}})
+    assert k.config.section("streams").max_bytes == 8 << 20

@@ -26,9 +26,10 @@ class StreamsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_count: Positive = 1000
     #: Bytes of entries one GET response or pull message carries at most (one entry always);
     #: 16 MiB, the largest WebSocket message ptgctl (websockets' default) and uvicorn take.
-    max_bytes: Positive = 1 << 24
-    #: How long a pull waits for its client to take a message before closing the socket, in seconds.
-    send_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    max_bytes: kernel.ByteSize = 1 << 24
+    #: How long a pull waits for its client to take a whole message before closing the socket, in
+    #: seconds: long enough for a slow link to take a full `max_bytes` message.
+    send_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
     #: How long one blocking read of a WebSocket pull waits in Redis, in milliseconds (PTG: 3000).
     block_ms: Positive = 3000
     #: How long a Redis connection error is retried before clients get an error, in seconds.
@@ -51,10 +52,10 @@ def add_options(group: kernel.OptionGroup) -> None:
     group.add_option("--streams-token-ttl", type=int, help="seconds a /token token lives (default 30 days)")
     group.add_option("--streams-max-len", type=int, help="entries kept per stream (default 1000)")
     group.add_option("--streams-max-count", type=int, help="largest count a read may ask for (default 1000)")
-    group.add_option("--streams-max-bytes", type=int,
-                     help="bytes of entries one GET response or pull message carries at most (default 16 MiB)")
+    group.add_option("--streams-max-bytes", type=kernel.byte_size, metavar="SIZE",
+                     help="bytes of entries one GET response or pull message carries at most (default 16M)")
     group.add_option("--streams-send-timeout-s", type=float,
-                     help="seconds a pull waits for its client to take a message before closing (default 60)")
+                     help="seconds a pull waits for its client to take a whole message before closing (default 300)")
     group.add_option("--streams-block-ms", type=int, help="milliseconds one blocking pull read waits (default 3000)")
     group.add_option("--streams-retry-s", type=float,
                      help="seconds to retry a lost Redis connection before failing (default 5)")
