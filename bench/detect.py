@@ -81,11 +81,16 @@ def cpu_seconds(pid: int) -> float:
 
 
 #: Probes GET /health every 20 ms until its stdin closes (or the seconds given pass), then
-#: prints the latencies as JSON. One connection, kept alive, as a monitor would.
+#: prints the latencies as JSON. One connection, kept alive, as a monitor would. It says
+#: `ready` after its first answer, so its own start (an interpreter's imports) is over
+#: before the clients' clock runs.
 PROBE = """
 import http.client, json, select, sys, time, urllib.parse
 url, budget = urllib.parse.urlsplit(sys.argv[1]), float(sys.argv[2])
 conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+conn.request("GET", "/health")
+conn.getresponse().read()
+print("ready", flush=True)
 times, deadline = [], time.monotonic() + budget
 while time.monotonic() < deadline and not select.select([sys.stdin], [], [], 0.02)[0]:
     started = time.perf_counter()
@@ -129,13 +134,15 @@ def load(url: str, image: bytes, clients: int, requests: int, stop_at: float, in
     # behind the clients, and its waits would count against the server.
     probe = subprocess.Popen([sys.executable, "-c", PROBE, url, str(max(0.0, stop_at - time.monotonic()))],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    if probe.stdout.readline().strip() != "ready":
+        raise RuntimeError("the /health prober did not start")
     started = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     into.elapsed += time.perf_counter() - started
-    into.health += json.loads(probe.communicate("", timeout=60)[0])
+    into.health += json.loads(probe.communicate("", timeout=60)[0])  # the line after `ready`
 
 
 def measure(servers: dict[str, tuple[str, int]], image: bytes, requests: int, rounds: int,
