@@ -10,7 +10,7 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from kernel.__about__ import __version__
@@ -72,10 +72,10 @@ def _prepare(argv: list[str], prog: str) -> Any:
         return list(value) if isinstance(value, list) else None
 
     installed = entry_points(PLUGINS)
-    if "-h" in argv or "--help" in argv:
-        _help(prog, installed)
-        sys.exit(0)
     blocked = layered("block_plugins", known.block_plugins) or ()
+    if "-h" in argv or "--help" in argv:
+        _help(prog, installed, blocked)
+        sys.exit(0)
     names = choose_plugins(layered("plugins", known.plugins), blocked)
     plugin_set = load_plugins(names, blocked=blocked)
     parser = build_parser(plugin_set, prog)
@@ -108,12 +108,12 @@ def _unknown_options(unknown: list[str], installed: Any, loaded: list[str]) -> N
     raise StartupError(f"unrecognized arguments: {' '.join(unknown)}", exit_code=2)
 
 
-def _help(prog: str, installed: Any) -> None:
+def _help(prog: str, installed: Any, blocked: Collection[str]) -> None:
     from kernel.app import PluginSet, build_parser
     from kernel.discovery import BACKENDS, PLUGINS, survey
 
-    plugins = survey(PLUGINS)
-    backends = survey(BACKENDS)
+    plugins = survey(PLUGINS, skip=blocked)
+    backends = survey(BACKENDS, skip=blocked)
     problems = [f"{p.kind} {p.name} ({p.entry_point}) does not import: {p.error}"
                 for p in [*plugins, *backends] if p.error]
     plugin_set = PluginSet([p for p in plugins if not p.error], [b for b in backends if not b.error])

@@ -17,7 +17,7 @@ from collections.abc import Collection
 from typing import Any
 
 import msgspec
-from stevedore import ExtensionManager, NamedExtensionManager
+from stevedore import NamedExtensionManager
 from stevedore.exception import MultipleMatches
 from stevedore.extension import error_on_conflict
 
@@ -67,14 +67,18 @@ def entry_points(group: str) -> dict[str, importlib.metadata.EntryPoint]:
     return {ep.name: ep for ep in importlib.metadata.entry_points(group=group)}
 
 
-def survey(group: str) -> list[PluginInfo]:
-    """Every installed entry point of `group`, each imported to see whether it works."""
+def survey(group: str, skip: Collection[str] = ()) -> list[PluginInfo]:
+    """Every installed entry point of `group` but those named in `skip` (never imported),
+    each imported to see whether it works."""
     infos: dict[str, PluginInfo] = {}
 
     def failed(_mgr: object, ep: importlib.metadata.EntryPoint, exc: BaseException) -> None:
         infos[ep.name] = _info(group, ep, error=_cause(exc))
 
-    manager = ExtensionManager(group, on_load_failure_callback=failed)
+    manager = NamedExtensionManager(
+        group, [name for name in entry_points(group) if name not in skip], on_load_failure_callback=failed,
+        on_missing_entrypoints_callback=lambda missing: None,  # installed while this process ran
+    )
     for ext in manager.extensions:
         infos[ext.name] = _info(group, ext.entry_point, obj=ext.plugin)
         if group != STORAGE and not NAME_RE.match(ext.name):  # storage is named by URL scheme
@@ -117,12 +121,14 @@ def load(group: str, names: list[str]) -> list[PluginInfo]:
 
 
 def load_backends(blocked: Collection[str] = ()) -> list[PluginInfo]:
-    """Every installed backend that imports and is not blocked; the others are logged."""
+    """Every installed backend that imports and is not blocked; the others are logged.
+    A blocked one is not imported at all, so blocking also keeps out one whose import
+    hangs or has side effects."""
+    for name in sorted(set(blocked) & set(entry_points(BACKENDS))):
+        log.info("backend %r is blocked (block_plugins); not loading it", name)
     usable = []
-    for info in survey(BACKENDS):
-        if info.name in blocked:
-            log.info("backend %r is blocked (block_plugins); not loading it", info.name)
-        elif info.error:
+    for info in survey(BACKENDS, skip=blocked):
+        if info.error:
             log.error("backend %r (entry point %s) is left out: %s", info.name, info.entry_point, info.error)
         else:
             usable.append(info)

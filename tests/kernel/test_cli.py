@@ -177,6 +177,28 @@ def test_a_broken_or_blocked_backend_is_left_out_and_a_bad_name_is_reported(tmp_
     assert blocked.returncode == 0, blocked.stderr
     assert json.loads(blocked.stdout) == []  # no installed backend reads .npy files now
 
+    # A blocked backend is not even imported: one whose import has side effects (here it
+    # leaves a file behind) or hangs is kept out too.
+    (tmp_path / "site" / "noisy_backend.py").write_text(
+        "import os, pathlib\npathlib.Path(os.environ['IMPORT_MARKER']).touch()\nclass Backend: ...\n")
+    noisy = tmp_path / "site" / "kernel_noisy-0.1.dist-info"
+    noisy.mkdir()
+    (noisy / "METADATA").write_text("Metadata-Version: 2.1\nName: kernel-noisy\nVersion: 0.1\n")
+    (noisy / "entry_points.txt").write_text("[kernel.backends]\nnoisy = noisy_backend:Backend\n")
+    marker = tmp_path / "imported"
+    quiet = run_kernel(["models", "--plugins", "hello", "--block-plugins", "brokenbe,noisy", "--model-dir",
+                        str(models), "--json"], tmp_path, IMPORT_MARKER=str(marker), **env)
+    assert quiet.returncode == 0, quiet.stderr
+    assert not marker.exists()
+    assert "ModuleNotFoundError" not in quiet.stderr
+    assert json.loads(quiet.stdout)[0]["backend"] == "npy"
+    helped = run_kernel(["serve", "--block-plugins", "brokenbe,noisy", "--help"], tmp_path,
+                        IMPORT_MARKER=str(marker), **env)
+    assert helped.returncode == 0 and "--hello-greeting" in helped.stdout
+    assert "backend brokenbe" not in helped.stdout and not marker.exists()
+    run_kernel(["models", "--plugins", "hello", "--model-dir", str(models)], tmp_path, IMPORT_MARKER=str(marker), **env)
+    assert marker.exists()  # the same run without blocking imports it
+
 
 def test_a_list_in_an_environment_variable_may_have_spaces_after_commas(tmp_path):
     import numpy as np
