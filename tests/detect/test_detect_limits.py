@@ -7,9 +7,11 @@ request runs."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -53,6 +55,7 @@ def server(home: Path, images: dict[str, bytes]) -> Iterator[Server]:
         "--plugins", "detect", "--base-path", str(models_folder(home / "models")), "--models", "yolov3-tiny",
         "--detect-max-frames", "4", "--detect-max-zones", "3", "--detect-max-zone-points", "50",
         "--detect-pattern-timeout", str(TIMEOUT), "--detect-fetch-parallel", "1", "--detect-fetch-timeout", "1",
+        "--detect-frame-memory", "60M",  # one bomb's frame fits, two do not
     ], home / "home")
     srv.wait_ready()
     assert detect(srv, images["bus"]).status_code == 200  # the model loaded
@@ -198,6 +201,24 @@ def test_detect_decodes_one_frame_at_a_time(server: Server, images: dict[str, by
 
     # Held together, four would peak three frames higher than one.
     assert peak(4) - peak(1) < BOMB_SHAPE[0] * BOMB_SHAPE[1] * 3
+
+
+def test_frames_held_by_concurrent_requests_are_bounded(server: Server, images: dict[str, bytes]) -> None:
+    Path(f"/proc/{server.proc.pid}/clear_refs").write_text("5")
+    before = memory(server, "VmRSS")
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: detect(server, images["bomb"]), range(8)))
+    peak = memory(server, "VmHWM") - before
+    codes = sorted(a.status_code for a in answers)
+    assert set(codes) == {200, 503} and codes.count(200) >= 1, codes
+    refused = next(a for a in answers if a.status_code == 503)
+    assert "--detect-frame-memory" in refused.json()["detail"] and refused.headers["Retry-After"]
+    # Held: one frame, plus a refused one until it is dropped; being decoded: up to two
+    # frames' worth per helper thread (one per core), grey rows and the colour frame. Eight
+    # held at once, as before refused frames were let go at once, peaked at nine on two cores.
+    frame = BOMB_SHAPE[0] * BOMB_SHAPE[1] * 3
+    assert peak < (2 + 2 * (os.cpu_count() or 1)) * frame
+    assert detect(server, images["bomb"]).status_code == 200  # what was held is given back
 
 
 def test_the_url_frame_cache_holds_a_modest_amount(server: Server, portal: FrameServer) -> None:

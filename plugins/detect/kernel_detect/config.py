@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from kernel import StartupError
+from kernel import ByteSize, StartupError
 from kernel_detect.filters import PatternError, compile_pattern
 
 log = logging.getLogger("kernel.detect")
@@ -47,6 +47,9 @@ class DetectConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_upload_bytes: Annotated[int, msgspec.Meta(ge=1)] = 50 * 1024 * 1024
     #: Larger images are refused from their header (a small upload can decode to gigabytes).
     max_pixels: Annotated[int, msgspec.Meta(ge=1)] = 50_000_000
+    #: Bytes of decoded frames all requests hold at once (a 1080p frame is 6 MB); past
+    #: it a request is answered 503. One frame is always let in: `max_pixels` bounds it.
+    frame_memory: ByteSize = 512 * 1024 * 1024
     fetch_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     fetch_max_bytes: Annotated[int, msgspec.Meta(ge=1)] = 20 * 1024 * 1024
     fetch_max_redirects: Annotated[int, msgspec.Meta(ge=0)] = 3

@@ -42,6 +42,8 @@ def kernel_add_options(group: OptionGroup) -> None:
     add("--detect-frame-strategy", choices=list(FRAME_STRATEGIES), help="best frame of /detect_urls (default most_models)")
     add("--detect-max-upload-bytes", type=int, help="largest upload accepted (default 50 MiB)")
     add("--detect-max-pixels", type=int, help="largest image decoded, in pixels (default 50 million)")
+    add("--detect-frame-memory", type=kernel.byte_size, metavar="SIZE",
+        help="decoded frames all requests may hold at once; past it a request gets 503 (default 512M)")
     add("--detect-fetch-timeout", type=float, help="seconds to fetch one frame URL, whole body included (default 10)")
     add("--detect-fetch-max-bytes", type=int, help="largest fetched frame (default 20 MiB)")
     add("--detect-fetch-max-redirects", type=int, help="redirects followed per frame URL (default 3)")

@@ -127,7 +127,8 @@ async def infer(request: Request) -> dict[str, Any]:
     if served is None:
         return {"detections": [], "error": f"no model loaded for type={type_} name={name!r}"}
     try:
-        found = await svc.run(served, frame, min_confidence)
+        with svc.frame_memory.hold(frame):
+            found = await svc.run(served, frame, min_confidence)
     except (ModelFailed, BadRequest) as exc:
         return {"detections": [], "error": exc.detail}
     return {
@@ -175,7 +176,9 @@ async def detect(request: Request) -> dict[str, Any]:
         results: list[FrameResult] = []
         for frame_id, upload in zip(ids, uploads):
             # Decoded, run and dropped one at a time: a small PNG can decode to 150 MB.
-            result = await options.run(frame_id, await svc.decode(await upload.read()), zones)
+            with svc.frame_memory.hold(await svc.decode(await upload.read())) as frame:
+                result = await options.run(frame_id, frame, zones)
+            del frame  # before the next frame is decoded
             results.append(result)
             if options.strategy in ("first", "first_new") and result.detections:
                 break
@@ -226,7 +229,8 @@ async def detect_urls(request: Request) -> dict[str, Any]:
                     log.warning("frame %s: fetch of %s failed: %s", frame_id, redact(url), exc)
                     failures[frame_id] = f"fetch failed: {exc}"
                     continue
-                result = await options.run(frame_id, frame, zones)
+                with svc.frame_memory.hold(frame):
+                    result = await options.run(frame_id, frame, zones)
                 del frame  # before the next frame is decoded
                 results.append(result)
                 if options.strategy in ("first", "first_new") and result.detections:
@@ -277,7 +281,13 @@ async def _while_connected(request: Request, work: Awaitable[T]) -> T:
     if task.cancelled():
         log.info("%s: the client left; its work was stopped", request.url.path)
         raise ClientGone("the client closed the connection")
-    return task.result()
+    try:
+        return task.result()
+    finally:
+        # A failure's traceback holds this frame, and the task holds the failure: without
+        # this the cycle would keep the work's frames (and its decoded image) until the
+        # garbage collector runs.
+        del task
 
 
 class _Options:

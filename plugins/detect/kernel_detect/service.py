@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from kernel import BadRequest, Conflict, Kernel, KernelError, Model, ModelError, NotFound
+from kernel import BadRequest, Conflict, Kernel, KernelError, Model, ModelError, NotFound, Unavailable
 from kernel_detect import decoders
 from kernel_detect.config import Settings
 from kernel_detect.decoders import NoDecoder
@@ -65,6 +67,31 @@ class ModelFailed(KernelError):
     status_code = 500
 
 
+class FrameMemory:
+    """Bytes of decoded frames that requests hold while their models run. A frame past the
+    budget is dropped at once and its request answered 503, so many concurrent requests
+    with large images cannot exhaust memory while they wait for inference (frames being
+    decoded add at most one per helper thread). Used on the event loop only."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    @contextmanager
+    def hold(self, frame: np.ndarray) -> Iterator[np.ndarray]:
+        size = frame.nbytes
+        # One frame is always let in: the pixel limit bounds it, and a budget smaller than
+        # one large frame would otherwise refuse it for ever.
+        if self.held and self.held + size > self.limit:
+            raise Unavailable(f"too many frames are being worked on ({self.held // 2**20} MiB of "
+                              f"--detect-frame-memory {self.limit // 2**20} MiB); retry later")
+        self.held += size
+        try:
+            yield frame
+        finally:
+            self.held -= size
+
+
 class DetectService:
     def __init__(self, kernel: Kernel, settings: Settings) -> None:
         self.kernel = kernel
@@ -76,6 +103,7 @@ class DetectService:
         self.fetcher = Fetcher(config.fetch_timeout, config.fetch_max_bytes, config.fetch_max_redirects, config.fetch_allow)
         self._profiles: dict[tuple[str, str], Profile] = {}
         self._frames: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self.frame_memory = FrameMemory(config.frame_memory)
         kernel.registry.subscribe(self._forget)
 
     def _forget(self, event: str, model: Model) -> None:
