@@ -134,7 +134,7 @@ def serve(argv: list[str]) -> None:
 async def _serve(kernel: Any) -> None:
     import uvicorn
 
-    from kernel.connections import http_protocol, quiet_accept_failures, raise_open_file_limit
+    from kernel.connections import http_protocol, quiet_accept_failures, raise_open_file_limit, ws_protocol
     from kernel.zerocopy import with_zerocopy_send
 
     config = kernel.config.kernel
@@ -146,7 +146,8 @@ async def _serve(kernel: Any) -> None:
         await kernel.startup()
         server = uvicorn.Server(uvicorn.Config(
             with_zerocopy_send(app), log_config=None, access_log=False, server_header=False, lifespan="on",
-            http=http_protocol(config.header_timeout, open_files),
+            http=http_protocol(config.header_timeout, config.send_timeout, open_files),
+            ws=ws_protocol(config.send_timeout) or "none",
             ws_per_message_deflate=config.ws_compression,
             timeout_graceful_shutdown=config.shutdown_timeout,
         ))

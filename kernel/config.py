@@ -86,6 +86,10 @@ class KernelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: of the previous response, before it is closed (an idle or trickling client holds a
     #: file descriptor as long as it is left open).
     header_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    #: Seconds a client may take no bytes of what the server waits to send it (a response,
+    #: a WebSocket message) before its connection is aborted: what was sent stays pinned in
+    #: memory meanwhile. A slow client that keeps taking bytes is never cut off.
+    send_timeout: Annotated[float, msgspec.Meta(gt=0)] = 60.0
 
 
 class Config:

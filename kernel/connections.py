@@ -7,10 +7,18 @@ any size. Each such connection holds a file descriptor; once the process has non
 asyncio's accept loop (Python 3.11) logs a traceback and schedules a retry for every slot
 of the listener's backlog, and again on each retry: thousands a second, on a full core.
 
+Nor does uvicorn give up on a client that stops reading: a response or WebSocket message
+waits in the connection's write buffer for as long as the client leaves its receive window
+closed (TCP keeps such a connection alive), and closing the connection waits for that
+buffer to drain. Each such client pins what the server last sent it.
+
 `http_protocol` is uvicorn's protocol with a deadline for each request's headers, a limit
 on their size (431) and a cap on open connections below the open-file limit, past which a
-new connection is closed at once. `raise_open_file_limit` raises that limit as far as the
-system allows, and `quiet_accept_failures` logs a failing accept once in a while.
+new connection is closed at once; `ws_protocol` is its WebSocket protocol. Both abort a
+connection whose client has taken no bytes for a send timeout while the server waits to
+send it more, as nginx's `send_timeout` does. `raise_open_file_limit` raises the open-file
+limit as far as the system allows, and `quiet_accept_failures` logs a failing accept once
+in a while.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import time
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
 
 log = logging.getLogger("kernel.connections")
 
@@ -69,14 +78,24 @@ def raise_open_file_limit() -> int:
     return soft
 
 
-def http_protocol(header_timeout: float, open_files: int) -> type[asyncio.Protocol]:
+def http_protocol(header_timeout: float, send_timeout: float, open_files: int) -> type[asyncio.Protocol]:
     """uvicorn's httptools protocol (for `uvicorn.Config(http=...)`) closing a connection
     whose request headers take longer than `header_timeout` seconds, and answering headers
     past MAX_HEADER_SIZE with 431. A new connection is closed at once where the open files
     would leave fewer than a quarter of `open_files` (at most 1024) to files, models and
-    pipes: accept() would soon fail, and a connection left in the backlog waits unanswered."""
+    pipes: accept() would soon fail, and a connection left in the backlog waits unanswered.
+    A connection whose client takes nothing for `send_timeout` seconds is aborted."""
     cap = math.inf if open_files == resource.RLIM_INFINITY else open_files - min(open_files // 4, 1024)
-    return type("KernelHttpProtocol", (_GuardedProtocol,), {"header_timeout": header_timeout, "max_connections": cap})
+    return type("KernelHttpProtocol", (_StallGuard, _GuardedProtocol),
+                {"header_timeout": header_timeout, "max_connections": cap, "send_timeout": send_timeout})
+
+
+def ws_protocol(send_timeout: float) -> type[asyncio.Protocol] | None:
+    """uvicorn's WebSocket protocol (for `uvicorn.Config(ws=...)`), aborting a connection
+    whose client takes nothing for `send_timeout` seconds; None where uvicorn has none."""
+    if AutoWebSocketsProtocol is None:
+        return None
+    return type("KernelWebSocketProtocol", (_StallGuard, AutoWebSocketsProtocol), {"send_timeout": send_timeout})
 
 
 def quiet_accept_failures(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -94,6 +113,50 @@ async def _headers_too_large(scope: Any, receive: Any, send: Any) -> None:
         (b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(_TOO_LARGE_BODY)).encode()),
         (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": _TOO_LARGE_BODY})
+
+
+class _StallGuard:
+    """Put before a uvicorn protocol class: from the moment its transport's write buffer
+    fills (the transport pauses writing), the buffer must shrink at least once every
+    `send_timeout` seconds, or the connection is aborted, its buffer dropped. A slow client
+    that keeps taking bytes is never cut off; closing a connection does not stop the guard,
+    since a close waits for the buffer to drain."""
+
+    send_timeout: float
+    transport: asyncio.Transport
+    _stall_timer: asyncio.TimerHandle | None = None
+    #: The write buffer's size when the guard last looked.
+    _unsent = 0
+
+    def pause_writing(self) -> None:
+        super().pause_writing()  # type: ignore[misc]
+        if self._stall_timer is None:
+            self._unsent = self.transport.get_write_buffer_size()
+            self._stall_timer = asyncio.get_running_loop().call_later(self.send_timeout, self._check_progress)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()  # type: ignore[misc]
+        self._stop_stall_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_stall_timer()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def _stop_stall_timer(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+
+    def _check_progress(self) -> None:
+        unsent = self.transport.get_write_buffer_size()
+        if unsent and unsent >= self._unsent:
+            log.info("aborted a connection whose client took nothing for %gs (%d bytes unsent)",
+                     self.send_timeout, unsent)
+            self._stall_timer = None
+            self.transport.abort()
+            return
+        self._unsent = unsent
+        self._stall_timer = asyncio.get_running_loop().call_later(self.send_timeout, self._check_progress)
 
 
 class _GuardedProtocol(HttpToolsProtocol):

@@ -46,5 +46,8 @@ def kernel_add_options(group: OptionGroup) -> None:
     group.add_option("--header-timeout", type=float, metavar="SECONDS",
                      help="close a connection that has not sent a request's headers this long after it opened "
                           "or its previous response ended (default: 30)")
+    group.add_option("--send-timeout", type=float, metavar="SECONDS",
+                     help="abort a connection whose client takes none of a response or WebSocket message "
+                          "for this long (default: 60)")
     group.add_option("--ws-compression", action=argparse.BooleanOptionalAction,
                      help="WebSocket per-message compression (default: off)")

@@ -1,6 +1,7 @@
 """Hostile clients against `kernel serve`, over raw sockets on loopback: connections that
 send nothing or trickle their headers are closed after `--header-timeout`, headers past
-64 KiB are answered 431, new connections past the open-file limit are closed without a
+64 KiB are answered 431, clients that stop reading a response or WebSocket are cut off
+after `--send-timeout`, new connections past the open-file limit are closed without a
 flood of tracebacks, and JSON nested too deeply is a 400."""
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from kernel import connections
 pytestmark = pytest.mark.usefixtures("test_plugins")
 
 TIMEOUT = 0.5  # --header-timeout of these servers
+SEND_TIMEOUT = 1.0  # --send-timeout of `flooding`
+MIB = 1024 * 1024
 SOFT, HARD = 128, 256  # open-file limits of `limited`; its connections' cap is 256 - 256 // 4
 CAP = 192
 
@@ -32,6 +35,12 @@ CAP = 192
 @pytest.fixture
 def server(serve):
     return serve("--plugins", "hello", "--header-timeout", str(TIMEOUT))
+
+
+@pytest.fixture
+def flooding(serve):
+    """A server with much to send (`/flood?mb=`, `/flood/ws?mb=`)."""
+    return serve("--plugins", "flood", "--send-timeout", str(SEND_TIMEOUT))
 
 
 @pytest.fixture
@@ -159,6 +168,51 @@ def test_a_header_that_never_ends_is_answered_431_once_past_64_kib(server):
         data, took = read_until_closed(sock)
     assert data.startswith(b"HTTP/1.1 431 ")  # not the header deadline, which says nothing
     assert took < TIMEOUT
+
+
+def small_window(server) -> socket.socket:
+    """A connection whose receive buffer is small, so a client that reads nothing soon
+    fills it and the server's sends back up."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", server.port))
+    return sock
+
+
+def test_a_client_that_stops_reading_a_response_is_cut_off(flooding):
+    with small_window(flooding) as sock:
+        sock.sendall(b"GET /flood?mb=64 HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(3 * SEND_TIMEOUT)  # reading nothing
+        data, took = read_until_closed(sock)
+    assert data.startswith(b"HTTP/1.1 200") and len(data) < 64 * MIB  # the rest was dropped
+    assert took < 5
+    assert "aborted a connection whose client took nothing for 1s" in flooding.output()
+
+
+def test_a_slow_client_that_keeps_reading_is_not_cut_off(flooding):
+    with small_window(flooding) as sock:
+        sock.sendall(b"GET /flood?mb=4 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data, started, paced = b"", time.monotonic(), 0
+        while chunk := sock.recv(65536):
+            data += chunk
+            if len(data) >= paced + 128 * 1024:  # about 1 MiB/s: longer than the timeout, in all
+                paced = len(data)
+                time.sleep(0.1)
+    assert time.monotonic() - started > 2 * SEND_TIMEOUT
+    assert data.endswith(b"x" * 1000) and len(data.partition(b"\r\n\r\n")[2]) == 4 * MIB
+    assert "aborted" not in flooding.output()
+
+
+def test_a_websocket_client_that_stops_reading_is_cut_off(flooding):
+    with small_window(flooding) as sock:
+        sock.sendall(b"GET /flood/ws?mb=256 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        time.sleep(3 * SEND_TIMEOUT)  # reading nothing, not even the handshake's answer
+        data, took = read_until_closed(sock)
+    assert data.startswith(b"HTTP/1.1 101") and len(data) < 64 * MIB
+    assert took < 5
+    assert "aborted a connection whose client took nothing for 1s" in flooding.output()
 
 
 def test_json_nested_too_deeply_is_a_400(server):
