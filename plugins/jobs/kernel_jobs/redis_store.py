@@ -12,7 +12,8 @@ is one Lua script, so two processes never both finish, claim or requeue a job. N
 values (job data, progress, result) travel as JSON strings inside the job, because Lua's
 JSON codec cannot tell an empty list from an empty object. A Redis that cannot be reached
 is `kernel.Unavailable` (503) to whoever asked, never an internal error, and is logged once
-when the outage starts and once when it ends.
+when the outage starts and once when it ends; so is a Redis at its `maxmemory` refusing a
+write.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ import asyncio
 import functools
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 import kernel
@@ -217,6 +220,13 @@ def _unavailable(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitab
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             self._lost(exc)  # the client is told no more than that
             raise kernel.Unavailable("the job store (Redis) cannot be reached; try again") from None
+        except OutOfMemoryError:
+            # Redis at its maxmemory refuses writes (with noeviction, as a job store should
+            # be run: an evicting Redis would drop queued jobs). Logged once a minute at most.
+            if time.monotonic() - self.full_logged > 60:
+                self.full_logged = time.monotonic()
+                log.warning("jobs: Redis is full (maxmemory) and refuses writes; answering 503")
+            raise kernel.Unavailable("the job store (Redis) is full; try again later") from None
         self._reached()
         return answer
 
@@ -240,6 +250,8 @@ class RedisStore(Store):
         self.redis: Any = None
         #: When Redis was first found unreachable; None while it answers.
         self.down_since: float | None = None
+        #: When a refusal for want of memory was last logged.
+        self.full_logged = -math.inf
 
     async def start(self) -> None:
         # RESP2: with RESP3, redis-py (8.x) skips its check for connections Redis closed

@@ -14,7 +14,7 @@ from typing import Any
 import kernel
 from kernel_jobs.config import JobsConfig
 from kernel_jobs.endpoints import Endpoint
-from kernel_jobs.store import CLIENT_LIMIT, DISABLED, DONE, LAPSED, PROCESSING, Job, Store
+from kernel_jobs.store import CLIENT_LIMIT, DISABLED, DONE, LAPSED, PROCESSING, STORE_FULL, Job, Store
 from kernel_jobs.validation import validate
 
 log = logging.getLogger("kernel.jobs")
@@ -122,6 +122,8 @@ class JobService:
         refused = await self.store.submit(job, endpoint.max_queue_length, endpoint.client_request_limit)
         if refused == DISABLED:
             raise ClientError(400, "Endpoint disabled!")
+        if refused == STORE_FULL:
+            raise kernel.Unavailable("the job store is full (--jobs-max-bytes of jobs and results); try again later")
         if refused == CLIENT_LIMIT:
             limit = endpoint.client_request_limit
             raise ClientError(402, f"Client has too much requests. Only {limit} requests per client allowed.")

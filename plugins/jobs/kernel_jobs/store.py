@@ -16,9 +16,11 @@ import time
 from collections import deque
 from typing import Any
 
+import msgspec
+
 QUEUED, PROCESSING, DONE, LAPSED = "queued", "processing", "done", "lapsed"
 #: Why `Store.submit` turned a job away (None: it was queued).
-QUEUE_FULL, CLIENT_LIMIT, DISABLED = "queue full", "client limit", "disabled"
+QUEUE_FULL, CLIENT_LIMIT, DISABLED, STORE_FULL = "queue full", "client limit", "disabled", "store full"
 #: Weight of the newest job in a job type's running mean duration.
 MEAN_WEIGHT = 0.2
 
@@ -40,8 +42,9 @@ class Store(abc.ABC):
     async def submit(self, job: Job, max_queue: int, client_limit: int) -> str | None:
         """Queue `job` at the tail, or say why not: DISABLED when its endpoint is disabled,
         CLIENT_LIMIT when its owner already has `client_limit` (> 0) jobs of this endpoint
-        queued or processing, QUEUE_FULL when its queue holds `max_queue` jobs. Checked and
-        queued in one step, so concurrent submits never overshoot a limit."""
+        queued or processing, QUEUE_FULL when its queue holds `max_queue` jobs, STORE_FULL
+        when the store holds as much as it may. Checked and queued in one step, so concurrent
+        submits never overshoot a limit."""
 
     @abc.abstractmethod
     async def set_enabled(self, endpoint: str, enabled: bool) -> None:
@@ -105,9 +108,16 @@ def next_mean(old: float | None, seconds: float) -> float:
 
 
 class MemoryStore(Store):
-    """One process's queues: fast, and gone with the process."""
+    """One process's queues: fast, and gone with the process. What its jobs and results
+    take (their size as JSON) is counted: past `max_bytes` a submit is refused with
+    STORE_FULL, while a worker's result is always kept (its work is done); jobs and
+    results leave the count when they are claimed or expire."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int | None = None) -> None:
+        self.max_bytes = max_bytes
+        #: Each job's bytes (with its result once there is one), and their sum.
+        self.sizes: dict[str, int] = {}
+        self.bytes = 0
         self.jobs: dict[str, Job] = {}
         self.queues: dict[str, deque[str]] = {}
         self.waiters: dict[str, deque[asyncio.Future[str]]] = {}
@@ -147,10 +157,15 @@ class MemoryStore(Store):
                 return CLIENT_LIMIT
         if len(self._queue(job["job_type"])) >= max_queue:
             return QUEUE_FULL
+        size = len(msgspec.json.encode(job))
+        # One job is always taken: the request body limit bounds it.
+        if self.max_bytes is not None and self.bytes and self.bytes + size > self.max_bytes:
+            return STORE_FULL
         if client_limit > 0:
             active.add(job["id"])
         job["state"] = QUEUED
         self.jobs[job["id"]] = job
+        self._count(job["id"], size)
         self.done_events[job["id"]] = asyncio.Event()
         self._hand_over(job["job_type"], job["id"], front=False)
         return None
@@ -215,6 +230,7 @@ class MemoryStore(Store):
         now = time.time()
         job.update(state=DONE, result=result, result_received_time=now,
                    expires=now + job["result_lifetime"])
+        self._count(job_id, len(msgspec.json.encode(result)))
         self.done_events[job_id].set()
         return job
 
@@ -228,7 +244,12 @@ class MemoryStore(Store):
         self._forget(job_id)
         return job
 
+    def _count(self, job_id: str, size: int) -> None:
+        self.sizes[job_id] = self.sizes.get(job_id, 0) + size
+        self.bytes += size
+
     def _forget(self, job_id: str) -> None:
+        self.bytes -= self.sizes.pop(job_id, 0)
         self.jobs.pop(job_id, None)
         event = self.done_events.pop(job_id, None)
         if event is not None:
