@@ -171,6 +171,20 @@ def test_a_message_carries_entries_within_the_byte_budget_none_skipped():
 
     assert len(asyncio.run(Budget(10, ["c"], sizes).read(read, 100))) == 2 and reads == [1, 2]  # one to learn the size
     assert len(asyncio.run(Budget(10, ["c"], sizes).read(read, 100))) == 2 and reads == [1, 2, 2]  # known now
+    # Sized by an earlier read's large entries, a read of small ones is done again at their size.
+    sizes["c"] = 5
+    assert len(asyncio.run(Budget(10, ["c"], sizes).read(read, 100))) == 2 and reads == [1, 2, 2, 2]
+    sizes["c"] = 10
+    assert len(asyncio.run(Budget(10, ["c"], sizes).read(read, 100))) == 2 and reads == [1, 2, 2, 2, 1, 2]
+    reads.clear()
+
+    async def few(n: int) -> list:
+        reads.append(n)
+        return [("c", "1-0", b"x")]
+
+    assert len(asyncio.run(Budget(10, ["c"], {"c": 10}).read(few, 100))) == 1 and reads == [1, 10]
+    reads.clear()
+    assert len(asyncio.run(Budget(10, ["c"], {"c": 5}).read(few, 100))) == 1 and reads == [2]  # no more to read
     assert framing.id_before("5-3") == "5-2" and framing.id_before("5-0") == f"4-{2**64 - 1}"
     assert framing.id_before("0-0") == "0-0"
 

@@ -137,3 +137,22 @@ def test_a_pull_whose_client_takes_nothing_is_closed(tmp_path, redis_server: Red
         assert 0 < received < 80  # not all 40 entries (a header and a blob each)
     finally:
         server.stop()
+
+
+def test_newest_entries_asked_for_are_all_given_once_a_streams_entries_are_small_again(streams, redis_server: Redis):
+    client = redis_server.client()
+    token = _token(streams)
+    for _ in range(3):
+        client.xadd("shrinking", {b"d": os.urandom(6 * MB)})
+
+    def newest(count: int) -> list:
+        r = httpx.get(streams.url + f"/data/shrinking?count={count}&last_entry_id=*",
+                      headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200
+        return json.loads(r.headers["entry-offset"])
+
+    assert len(newest(3)) == 2  # 12 MB of them fit 16 MiB, three do not
+    for i in range(10):
+        client.xadd("shrinking", {b"d": b"small %d" % i})
+    # The last read saw 6 MB entries; these ten are small and fit together.
+    assert len(newest(10)) == 10

@@ -40,13 +40,22 @@ class Budget:
 
     async def read(self, read: Read, count: int) -> list[Entry]:
         """`read(n)` for up to `count` entries per stream within the budget (not cut to it:
-        `fit` does that); while sizes are not known, a read of one per stream learns them."""
+        `fit` does that); while sizes are not known, a read of one per stream learns them.
+        A read sized by larger entries than it brought (the streams' entries got smaller)
+        is done again at the size they allow, so a client is not given fewer than it asked
+        for while more would fit."""
         if self.size is None and count > 1:
             first = await read(1)
             self._note(first)
             if not first or self.wanted(count) == 1:
                 return first
-        return await read(self.wanted(count))
+        wanted = self.wanted(count)
+        entries = await read(wanted)
+        if wanted < count and _has_more(entries, wanted):
+            self._note(entries)
+            if self.wanted(count) > wanted:
+                entries = await read(self.wanted(count))
+        return entries
 
     def fit(self, entries: list[Entry], *, newest: bool = False) -> list[Entry]:
         """The entries one message carries, in their order: each stream's first ones (its
@@ -82,3 +91,12 @@ class Budget:
                     largest[sid] = size
             self._sizes.update(largest)
         return sizes
+
+
+def _has_more(entries: list[Entry], wanted: int) -> bool:
+    """Whether a read of `wanted` entries per stream filled one stream's share (so it may
+    hold more)."""
+    per_stream: dict[str, int] = {}
+    for sid, _, _ in entries:
+        per_stream[sid] = per_stream.get(sid, 0) + 1
+    return wanted in per_stream.values()
