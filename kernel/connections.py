@@ -24,9 +24,12 @@ in a while.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import resource
+import socket
+import struct
 import time
 from typing import Any
 
@@ -116,47 +119,69 @@ async def _headers_too_large(scope: Any, receive: Any, send: Any) -> None:
 
 
 class _StallGuard:
-    """Put before a uvicorn protocol class: from the moment its transport's write buffer
-    fills (the transport pauses writing), the buffer must shrink at least once every
-    `send_timeout` seconds, or the connection is aborted, its buffer dropped. A slow client
-    that keeps taking bytes is never cut off; closing a connection does not stop the guard,
-    since a close waits for the buffer to drain."""
+    """Put before a uvicorn protocol class. While the server waits on its client, with the
+    transport's write buffer full (writing paused) or with a connection closed but not yet
+    drained, that buffer must shrink at least once every `send_timeout` seconds, or the
+    connection is aborted: its buffer and the socket's own send queue are dropped (a reset,
+    not a close that would go on trying to send). A slow client that keeps taking bytes is
+    never cut off. The wait is checked from when writing pauses, and every `send_timeout`
+    seconds otherwise (a close is not seen when it happens), so a closing connection is cut
+    within twice that. One timer per connection; none in between waits would do, since
+    nothing is written during one."""
 
     send_timeout: float
     transport: asyncio.Transport
     _stall_timer: asyncio.TimerHandle | None = None
-    #: The write buffer's size when the guard last looked.
-    _unsent = 0
+    _paused = False
+    #: The write buffer's size at the last look while the server waited; None otherwise.
+    _unsent: int | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._watch(None)
 
     def pause_writing(self) -> None:
         super().pause_writing()  # type: ignore[misc]
-        if self._stall_timer is None:
-            self._unsent = self.transport.get_write_buffer_size()
-            self._stall_timer = asyncio.get_running_loop().call_later(self.send_timeout, self._check_progress)
+        self._paused = True
+        self._watch(self.transport.get_write_buffer_size())
 
     def resume_writing(self) -> None:
         super().resume_writing()  # type: ignore[misc]
-        self._stop_stall_timer()
+        self._paused = False
+        self._unsent = None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_stall_timer()
+        self._stop_watch()
         super().connection_lost(exc)  # type: ignore[misc]
 
-    def _stop_stall_timer(self) -> None:
+    def _watch(self, unsent: int | None) -> None:
+        """Look again in `send_timeout` seconds, comparing with `unsent`."""
+        self._stop_watch()
+        self._unsent = unsent
+        self._stall_timer = asyncio.get_running_loop().call_later(self.send_timeout, self._check_progress)
+
+    def _stop_watch(self) -> None:
         if self._stall_timer is not None:
             self._stall_timer.cancel()
             self._stall_timer = None
 
     def _check_progress(self) -> None:
-        unsent = self.transport.get_write_buffer_size()
-        if unsent and unsent >= self._unsent:
+        self._stall_timer = None
+        transport = self.transport
+        if transport.get_protocol() is not self:  # a WebSocket now: its protocol watches
+            return
+        unsent = transport.get_write_buffer_size()
+        waiting = unsent > 0 and (self._paused or transport.is_closing())
+        if waiting and self._unsent is not None and unsent >= self._unsent:
             log.info("aborted a connection whose client took nothing for %gs (%d bytes unsent)",
                      self.send_timeout, unsent)
-            self._stall_timer = None
-            self.transport.abort()
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
             return
-        self._unsent = unsent
-        self._stall_timer = asyncio.get_running_loop().call_later(self.send_timeout, self._check_progress)
+        self._watch(unsent if waiting else None)
 
 
 class _GuardedProtocol(HttpToolsProtocol):

@@ -192,16 +192,61 @@ def test_a_client_that_stops_reading_a_response_is_cut_off(flooding):
 
 def test_a_slow_client_that_keeps_reading_is_not_cut_off(flooding):
     with small_window(flooding) as sock:
-        sock.sendall(b"GET /flood?mb=4 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data, started, paced = b"", time.monotonic(), 0
+        # More than the sockets' buffers hold (a few MiB), so the server waits on this client.
+        sock.sendall(b"GET /flood?mb=32 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data, started, paced = bytearray(), time.monotonic(), 0
         while chunk := sock.recv(65536):
             data += chunk
-            if len(data) >= paced + 128 * 1024:  # about 1 MiB/s: longer than the timeout, in all
+            if len(data) >= paced + MIB:  # about 10 MiB/s: longer than the timeout, in all
                 paced = len(data)
                 time.sleep(0.1)
     assert time.monotonic() - started > 2 * SEND_TIMEOUT
-    assert data.endswith(b"x" * 1000) and len(data.partition(b"\r\n\r\n")[2]) == 4 * MIB
+    assert data.endswith(b"x" * 1000) and len(data.partition(b"\r\n\r\n")[2]) == 32 * MIB
     assert "aborted" not in flooding.output()
+
+
+def test_a_closed_connection_with_a_little_left_unsent_is_cut_off():
+    """Below the point where writing pauses, a closed connection still waits for its
+    client to read the rest: the guard looks at closing connections too."""
+
+    class Writer(connections._StallGuard, asyncio.Protocol):
+        send_timeout = 0.3
+
+        def __init__(self, made: asyncio.Future, lost: asyncio.Future) -> None:
+            self.made, self.lost = made, lost
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+            super().connection_made(transport)
+            self.made.set_result(self)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            super().connection_lost(exc)
+            self.lost.set_result(exc)
+
+    async def scenario() -> float:
+        loop = asyncio.get_running_loop()
+        made, lost = loop.create_future(), loop.create_future()
+        server = await loop.create_server(lambda: Writer(made, lost), "127.0.0.1", 0)
+        with socket.socket() as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.setblocking(False)
+            await loop.sock_connect(client, server.sockets[0].getsockname())
+            writer = await made
+            for _ in range(100_000):  # until the sockets' buffers are full and a little waits
+                if writer.transport.get_write_buffer_size():
+                    break
+                writer.transport.write(b"x" * 4096)
+                await asyncio.sleep(0)
+            assert 0 < writer.transport.get_write_buffer_size() <= 4096  # well below pausing
+            writer.transport.close()
+            started = loop.time()
+            await asyncio.wait_for(lost, 5)
+            took = loop.time() - started
+        server.close()
+        return took
+
+    assert asyncio.run(scenario()) < 3 * 0.3
 
 
 def test_a_websocket_client_that_stops_reading_is_cut_off(flooding):
