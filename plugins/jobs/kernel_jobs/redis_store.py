@@ -12,8 +12,9 @@ is one Lua script, so two processes never both finish, claim or requeue a job. N
 values (job data, progress, result) travel as JSON strings inside the job, because Lua's
 JSON codec cannot tell an empty list from an empty object. A Redis that cannot be reached
 is `kernel.Unavailable` (503) to whoever asked, never an internal error, and is logged once
-when the outage starts and once when it ends; so is a Redis at its `maxmemory` refusing a
-write.
+when the outage starts and once when it ends. A Redis with a `maxmemory` takes new jobs
+only below SUBMIT_MEMORY_SHARE of it, so workers can still take and finish queued ones; one
+that refuses a write all the same (it is full) is a 503 too, logged once a minute at most.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from redis.exceptions import OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 import kernel
-from kernel_jobs.store import Job, Store, next_mean
+from kernel_jobs.store import STORE_FULL, Job, Store, next_mean
 
 log = logging.getLogger("kernel.jobs")
 C = TypeVar("C", bound=type)
@@ -57,6 +58,8 @@ SLICE = 1.0
 #: Longest wait for Redis to connect or answer (a blocking call waits SLICE more): past it,
 #: a Redis that drops packets is unreachable, rather than every request hanging on it.
 TIMEOUT = 5.0
+#: Share of Redis's maxmemory past which submits are refused (the rest is the workers').
+SUBMIT_MEMORY_SHARE = 0.9
 
 # KEYS: job, queue, disabled set, the client's active set.
 # ARGV: job JSON, id, max queue, endpoint, client limit, job key prefix.
@@ -221,8 +224,7 @@ def _unavailable(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitab
             self._lost(exc)  # the client is told no more than that
             raise kernel.Unavailable("the job store (Redis) cannot be reached; try again") from None
         except OutOfMemoryError:
-            # Redis at its maxmemory refuses writes (with noeviction, as a job store should
-            # be run: an evicting Redis would drop queued jobs). Logged once a minute at most.
+            # Redis at its maxmemory refuses writes. Logged once a minute at most.
             if time.monotonic() - self.full_logged > 60:
                 self.full_logged = time.monotonic()
                 log.warning("jobs: Redis is full (maxmemory) and refuses writes; answering 503")
@@ -300,6 +302,11 @@ class RedisStore(Store):
         return job["job_type"] if job else None
 
     async def submit(self, job: Job, max_queue: int, client_limit: int) -> str | None:
+        # A Redis at its maxmemory refuses every write, a worker's take and result too: new
+        # jobs stop short of it, so the queued ones can still run and their results be kept.
+        memory = await self.redis.info("memory")
+        if memory.get("maxmemory") and memory["used_memory"] >= SUBMIT_MEMORY_SHARE * memory["maxmemory"]:
+            return STORE_FULL
         job["state"] = "queued"
         keys = [self._job(job["id"]), self._q(job["job_type"]), f"{self.p}:disabled",
                 f"{self.p}:active:{job['endpoint']}:{job['owner']}"]

@@ -123,7 +123,8 @@ class JobService:
         if refused == DISABLED:
             raise ClientError(400, "Endpoint disabled!")
         if refused == STORE_FULL:
-            raise kernel.Unavailable("the job store is full (--jobs-max-bytes of jobs and results); try again later")
+            raise kernel.Unavailable("the job store is full (--jobs-max-bytes, or 90% of Redis's maxmemory, of jobs and "
+                                     "results waiting to be collected); try again later")
         if refused == CLIENT_LIMIT:
             limit = endpoint.client_request_limit
             raise ClientError(402, f"Client has too much requests. Only {limit} requests per client allowed.")
