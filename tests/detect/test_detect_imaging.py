@@ -1,5 +1,6 @@
 """The model input detect builds from a frame: letterboxed as pyzm does, RGB planes in
-[0, 1], checked against the same steps done one by one with OpenCV."""
+[0, 1], checked against the same steps done one by one with OpenCV; and the budget of
+decoded frames requests hold."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import cv2
 import numpy as np
 import pytest
 from kernel_detect.imaging import prepare
+from kernel_detect.service import FrameMemory
+
+from kernel import Unavailable
 
 
 def reference(frame: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -48,3 +52,16 @@ def test_half_precision_input_gets_half_precision_tensor() -> None:
     tensor, _ = prepare(frame, 320, 320, "NCHW", np.dtype(np.float16), letterbox=True)
     assert tensor.dtype == np.float16
     assert abs(float(tensor[0, 0, 160, 160]) - 200 / 255) < 1e-3
+
+
+def test_frame_memory_counts_a_shared_frame_once_and_refuses_past_its_budget() -> None:
+    memory = FrameMemory(limit=250)
+    big, other = np.zeros(200, np.uint8), np.zeros(100, np.uint8)
+    with memory.hold(big), memory.hold(big):  # two requests on one cached frame
+        assert memory.held == 200
+        with pytest.raises(Unavailable, match="--detect-frame-memory"), memory.hold(other):
+            pass
+    assert memory.held == 0
+    with memory.hold(np.zeros(1000, np.uint8)):  # one frame is always let in
+        assert memory.held == 1000
+    assert memory.held == 0

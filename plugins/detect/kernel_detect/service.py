@@ -71,25 +71,33 @@ class FrameMemory:
     """Bytes of decoded frames that requests hold while their models run. A frame past the
     budget is dropped at once and its request answered 503, so many concurrent requests
     with large images cannot exhaust memory while they wait for inference (frames being
-    decoded add at most one per helper thread). Used on the event loop only."""
+    decoded add at most one per helper thread). A frame several requests share (/infer's
+    URL cache) counts once. Used on the event loop only."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0
+        #: Requests holding each frame, by the frame's id (alive, so unique, while held).
+        self._holders: dict[int, int] = {}
 
     @contextmanager
     def hold(self, frame: np.ndarray) -> Iterator[np.ndarray]:
-        size = frame.nbytes
-        # One frame is always let in: the pixel limit bounds it, and a budget smaller than
-        # one large frame would otherwise refuse it for ever.
-        if self.held and self.held + size > self.limit:
-            raise Unavailable(f"too many frames are being worked on ({self.held // 2**20} MiB of "
-                              f"--detect-frame-memory {self.limit // 2**20} MiB); retry later")
-        self.held += size
+        key, size = id(frame), frame.nbytes
+        if key not in self._holders:
+            # One frame is always let in: the pixel limit bounds it, and a budget smaller
+            # than one large frame would otherwise refuse it for ever.
+            if self.held and self.held + size > self.limit:
+                raise Unavailable(f"too many frames are being worked on ({self.held // 2**20} MiB of "
+                                  f"--detect-frame-memory {self.limit // 2**20} MiB); retry later")
+            self.held += size
+        self._holders[key] = self._holders.get(key, 0) + 1
         try:
             yield frame
         finally:
-            self.held -= size
+            self._holders[key] -= 1
+            if not self._holders[key]:
+                del self._holders[key]
+                self.held -= size
 
 
 class DetectService:
