@@ -162,6 +162,9 @@ def test_a_message_carries_entries_within_the_byte_budget_none_skipped():
     assert turns.fit(big[1:] + b) == b
     assert turns.fit(big[1:] + b) == big[1:2]
     assert budget.fit(b) == b and budget.size == 2 and budget.wanted(100) == 2
+    # a one-off request leads with a stream chosen at random: asked again and again, each comes
+    leads = {Budget(10, ["a", "b"], {}, by_chance=True).fit(big[:1] + b[:1], newest=True)[0][0] for _ in range(200)}
+    assert leads == {"a", "b"}
 
     reads: list[int] = []
 

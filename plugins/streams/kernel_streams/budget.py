@@ -10,6 +10,7 @@ go at once and read again for the next message.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Awaitable, Callable
 
 from kernel_streams.store import Entry
@@ -22,8 +23,12 @@ class Budget:
     """The byte budget of one request or pull socket over the streams `sids`. `sizes` is
     the largest entry of each stream's last read, shared by every budget, kept up to date."""
 
-    def __init__(self, max_bytes: int, sids: list[str], sizes: dict[str, int]) -> None:
+    def __init__(self, max_bytes: int, sids: list[str], sizes: dict[str, int], *, by_chance: bool = False) -> None:
         self.max_bytes = max_bytes
+        #: A one-off request (not a pull, which takes turns) leads with a stream chosen at
+        #: random when its entries do not all fit, so a client asking again and again for
+        #: several streams' newest is not given the same one's every time.
+        self._by_chance = by_chance
         self._streams = len(sids)
         self._sizes = sizes
         known = [sizes[s] for s in sids if s in sizes]
@@ -68,10 +73,11 @@ class Budget:
             self._left_out = set()
             return entries
         order = range(len(entries) - 1, -1, -1) if newest else range(len(entries))
+        lead = random.choice(sorted({sid for sid, _, _ in entries})) if self._by_chance else None
         kept: list[int] = []
         cut: set[str] = set()
         total = 0
-        for i in sorted(order, key=lambda i: entries[i][0] not in self._left_out):
+        for i in sorted(order, key=lambda i: (entries[i][0] not in self._left_out, entries[i][0] != lead)):
             if entries[i][0] in cut or (kept and total + sizes[i] > self.max_bytes):
                 cut.add(entries[i][0])
             else:

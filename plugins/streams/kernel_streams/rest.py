@@ -82,7 +82,7 @@ async def read_entries(request: Request, sid: FromPath[str]) -> Response[bytes]:
     last = cursors(sids, request.query_params.get("last_entry_id") or "*")
     star = [s for s in sids if last[s] == "*"]
     after = {s: v for s, v in last.items() if v != "*"}
-    budget = Budget(rt.config.max_bytes, sids, rt.store.entry_sizes)
+    budget = Budget(rt.config.max_bytes, sids, rt.store.entry_sizes, by_chance=True)
     newest = await budget.read(lambda n: rt.store.latest(star, n), count) if star else []
     oldest = await budget.read(lambda n: rt.store.read(after, n), count) if after else []
     # the newest of the `*` streams' entries are the ones to keep, the oldest of the others'
