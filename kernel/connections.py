@@ -126,8 +126,8 @@ class _StallGuard:
     not a close that would go on trying to send). A slow client that keeps taking bytes is
     never cut off. The wait is checked from when writing pauses, and every `send_timeout`
     seconds otherwise (a close is not seen when it happens), so a closing connection is cut
-    within twice that. One timer per connection; none in between waits would do, since
-    nothing is written during one."""
+    within twice that: one timer per connection. Nothing is written while the server waits
+    (uvicorn holds the application's sends), so a buffer that has not shrunk has sent nothing."""
 
     send_timeout: float
     transport: asyncio.Transport

@@ -71,7 +71,7 @@ class FrameMemory:
     """Bytes of decoded frames that requests hold while their models run. A frame past the
     budget is dropped at once and its request answered 503, so many concurrent requests
     with large images cannot exhaust memory while they wait for inference (frames being
-    decoded add at most one per helper thread). A frame several requests share (/infer's
+    decoded add what one decode takes per helper thread). A frame several requests share (/infer's
     URL cache) counts once. Used on the event loop only."""
 
     def __init__(self, limit: int) -> None:
