@@ -145,7 +145,7 @@ async def _serve(kernel: Any) -> None:
     try:
         await kernel.startup()
         server = uvicorn.Server(uvicorn.Config(
-            with_zerocopy_send(app), log_config=None, access_log=False, server_header=False, lifespan="on",
+            with_zerocopy_send(app, config.send_timeout), log_config=None, access_log=False, server_header=False, lifespan="on",
             http=http_protocol(config.header_timeout, config.send_timeout, open_files),
             ws=ws_protocol(config.send_timeout) or "none",
             ws_per_message_deflate=config.ws_compression,

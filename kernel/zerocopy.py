@@ -13,7 +13,10 @@ from disk in that thread, not on the event loop (a model archive on an SD card r
 tens of MB/s). A client that leaves the socket full for longer than PATIENCE gets the rest
 of the window from `loop.sendfile`, which waits on the event loop without holding a
 thread (the window read in first, by a thread, when it is not in memory). On TLS every
-window goes through `loop.sendfile`, which encrypts through the transport.
+window goes through `loop.sendfile`, which encrypts through the transport. While the loop
+waits so, a client that acknowledges no bytes for the send timeout has its connection
+reset (Linux, where TCP says how many bytes its peer acknowledged; elsewhere the wait
+lasts as long as the connection does).
 
 Plugins call `send_file`, which uses the extension where it is offered and reads the file
 in chunks elsewhere.
@@ -26,14 +29,22 @@ other server, or another uvicorn layout, serves the app unchanged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import logging
+import math
 import os
 import select
+import socket
+import struct
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from litestar.enums import ASGIExtension
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("kernel.zerocopy")
 
 ZEROCOPY_SEND = ASGIExtension.ZERO_COPY_SEND_EXTENSION.value
 CHUNK = 1024 * 1024  # per body message where the file must be read after all
@@ -42,15 +53,16 @@ WINDOW = 32 * 1024 * 1024  # sent by one worker thread (or one `loop.sendfile`)
 PATIENCE = 0.05
 
 
-def with_zerocopy_send(app: ASGIApp) -> ASGIApp:
-    """Wrap `app` so its HTTP responses may use the zero-copy send extension."""
+def with_zerocopy_send(app: ASGIApp, send_timeout: float = math.inf) -> ASGIApp:
+    """Wrap `app` so its HTTP responses may use the zero-copy send extension; a client that
+    takes none of a file for `send_timeout` seconds has its connection reset."""
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             cycle = getattr(send, "__self__", None)
             if _is_uvicorn_cycle(cycle):
                 scope.setdefault("extensions", {})[ZEROCOPY_SEND] = {}  # type: ignore[index]
-                send = _ZeroCopySend(cycle, send)
+                send = _ZeroCopySend(cycle, send, send_timeout)
         await app(scope, receive, send)
 
     return asgi
@@ -75,10 +87,10 @@ _CYCLE_CLASSES: dict[type, bool] = {}
 class _ZeroCopySend:
     """uvicorn's `send`, also accepting `http.response.zerocopysend` messages."""
 
-    __slots__ = ("_cycle", "_send")
+    __slots__ = ("_cycle", "_send", "_send_timeout")
 
-    def __init__(self, cycle: Any, send: Send) -> None:
-        self._cycle, self._send = cycle, send
+    def __init__(self, cycle: Any, send: Send, send_timeout: float) -> None:
+        self._cycle, self._send, self._send_timeout = cycle, send, send_timeout
 
     async def __call__(self, message: Message) -> None:
         if message["type"] != ZEROCOPY_SEND:
@@ -97,7 +109,7 @@ class _ZeroCopySend:
             await self._send({"type": "http.response.body", "body": b"", "more_body": more_body})
             return
         try:
-            sent = await _sendfile(cycle.transport, file, offset, count)
+            sent = await _sendfile(cycle.transport, file, offset, count, self._send_timeout)
         except OSError:
             # The client went away mid-file. Closing reports the loss to uvicorn, which then
             # treats this response as abandoned rather than short.
@@ -133,7 +145,8 @@ async def _send_chunks(send: Send, file: Any, offset: int, count: int | None, mo
             return
 
 
-async def _sendfile(transport: asyncio.Transport, file: Any, offset: int, count: int | None) -> int:
+async def _sendfile(transport: asyncio.Transport, file: Any, offset: int, count: int | None,
+                    send_timeout: float = math.inf) -> int:
     """`count` bytes of `file` from `offset` (None: to its end), window by window; the bytes
     sent (fewer where the file ends first)."""
     loop = asyncio.get_running_loop()
@@ -165,7 +178,8 @@ async def _sendfile(transport: asyncio.Transport, file: Any, offset: int, count:
                     await loop.run_in_executor(_senders(), _read_in, os.dup(fd), at + done, size - done)
                 if transport.is_closing():
                     raise ConnectionAbortedError("the connection closed mid-file")
-                more = await loop.sendfile(transport, file, at + done, size - done)
+                more = await _unless_stalled(transport, loop.sendfile(transport, file, at + done, size - done),
+                                             send_timeout)
                 done, ended = done + more, more < size - done
             sent += done
             if ended:
@@ -174,6 +188,41 @@ async def _sendfile(transport: asyncio.Transport, file: Any, offset: int, count:
         if reading and not transport.is_closing():
             transport.resume_reading()
     return sent
+
+
+async def _unless_stalled(transport: asyncio.Transport, sending: Awaitable[int], send_timeout: float) -> int:
+    """What `sending` returns; `ConnectionAbortedError`, the connection reset, if the
+    client acknowledges no bytes for `send_timeout` seconds meanwhile."""
+    task = asyncio.ensure_future(sending)
+    sock = transport.get_extra_info("socket")
+    acked = _bytes_acked(sock) if math.isfinite(send_timeout) else None
+    while acked is not None:
+        finished, _ = await asyncio.wait({task}, timeout=send_timeout)
+        if finished:
+            break
+        now = _bytes_acked(sock)
+        if now == acked:
+            log.info("reset a connection whose client took none of a file for %gs", send_timeout)
+            # The send first (it waits on the socket, and an abort would leave it waiting),
+            # then the connection, its unsent bytes dropped.
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+            raise ConnectionAbortedError("the client took none of the file")
+        acked = now
+    return await task
+
+
+def _bytes_acked(sock: Any) -> int | None:
+    """How many bytes the peer of TCP socket `sock` has acknowledged (Linux 4.2 and later:
+    `tcpi_bytes_acked` of its TCP_INFO); None where the system does not say."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    except (AttributeError, OSError):
+        return None
+    return struct.unpack_from("Q", info, 120)[0] if len(info) >= 128 else None
 
 
 @functools.cache

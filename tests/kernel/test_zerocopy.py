@@ -1,6 +1,7 @@
 """The ASGI zero-copy send extension the kernel adds to its server: files go out with
 sendfile, whole or in part, keep-alive goes on after them, a file not in memory is read in
-off the event loop, and a client leaving mid-file costs the server nothing."""
+off the event loop, a client leaving mid-file costs the server nothing, and one that stops
+reading is cut off after `--send-timeout` (a slow one is not)."""
 
 import os
 import socket
@@ -168,3 +169,48 @@ def test_a_request_sent_during_a_download_is_answered_after_the_file(large):
     body = received.partition(b"\r\n\r\n")[2]
     assert body[:len(data)] == data
     assert body[len(data):].startswith(b"HTTP/1.1 400")
+
+
+def test_a_client_that_stops_reading_a_file_is_cut_off(serve, tmp_path):
+    data = os.urandom(64 * 1024 * 1024)
+    path = tmp_path / "stalled.bin"
+    path.write_bytes(data)
+    server = serve("--plugins", "sendfile", "--send-timeout", "1", KERNEL_TEST_SENDFILE=str(path))
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(b"GET /sendfile HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(3)  # reading nothing
+        received, started = 0, time.monotonic()
+        try:
+            while chunk := sock.recv(1 << 20):  # bounded: the server resets, or the timeout ends it
+                received += len(chunk)
+        except ConnectionResetError:
+            pass
+    assert received < len(data) and time.monotonic() - started < 5
+    assert "reset a connection whose client took none of a file for 1s" in server.output()
+    assert "Traceback" not in server.output()
+    # A slow reader that keeps taking bytes is not: see test_a_slow_reader_gets_every_byte_across_windows.
+    assert httpx.get(server.url + "/sendfile?count=1000").content == data[:1000]  # and the server serves on
+
+
+def test_a_slow_reader_of_a_file_is_not_cut_off(serve, tmp_path):
+    data = os.urandom(24 * 1024 * 1024)
+    path = tmp_path / "slowly.bin"
+    path.write_bytes(data)
+    server = serve("--plugins", "sendfile", "--send-timeout", "1", KERNEL_TEST_SENDFILE=str(path))
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(b"GET /sendfile HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        received, started, paced = bytearray(), time.monotonic(), 0
+        while chunk := sock.recv(1 << 20):  # bounded: the server closes after the file
+            received += chunk
+            if len(received) >= paced + 1024 * 1024:  # about 10 MiB/s: seconds in all
+                paced = len(received)
+                time.sleep(0.1)
+    assert time.monotonic() - started > 2
+    assert bytes(received.partition(b"\r\n\r\n")[2]) == data
+    assert "reset a connection" not in server.output()
