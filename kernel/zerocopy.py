@@ -178,8 +178,10 @@ async def _sendfile(transport: asyncio.Transport, file: Any, offset: int, count:
                     await loop.run_in_executor(_senders(), _read_in, os.dup(fd), at + done, size - done)
                 if transport.is_closing():
                     raise ConnectionAbortedError("the connection closed mid-file")
+                # Watched where the kernel sends the file: on TLS, `loop.sendfile` reads it on
+                # the loop's default executor, which other work can keep from sending.
                 more = await _unless_stalled(transport, loop.sendfile(transport, file, at + done, size - done),
-                                             send_timeout)
+                                             send_timeout if threads else math.inf)
                 done, ended = done + more, more < size - done
             sent += done
             if ended:
@@ -191,28 +193,45 @@ async def _sendfile(transport: asyncio.Transport, file: Any, offset: int, count:
 
 
 async def _unless_stalled(transport: asyncio.Transport, sending: Awaitable[int], send_timeout: float) -> int:
-    """What `sending` returns; `ConnectionAbortedError`, the connection reset, if the
-    client acknowledges no bytes for `send_timeout` seconds meanwhile."""
+    """What `sending` (a `loop.sendfile`) returns; `ConnectionAbortedError`, the connection
+    reset, if the client acknowledges no bytes for `send_timeout` seconds meanwhile (so
+    within twice that of its last). Cancelled, it stops the send before it returns."""
     task = asyncio.ensure_future(sending)
-    sock = transport.get_extra_info("socket")
-    acked = _bytes_acked(sock) if math.isfinite(send_timeout) else None
-    while acked is not None:
-        finished, _ = await asyncio.wait({task}, timeout=send_timeout)
-        if finished:
-            break
-        now = _bytes_acked(sock)
-        if now == acked:
-            log.info("reset a connection whose client took none of a file for %gs", send_timeout)
-            # The send first (it waits on the socket, and an abort would leave it waiting),
-            # then the connection, its unsent bytes dropped.
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            transport.abort()
-            raise ConnectionAbortedError("the client took none of the file")
-        acked = now
-    return await task
+    try:
+        sock = transport.get_extra_info("socket")
+        acked = _bytes_acked(sock) if math.isfinite(send_timeout) else None
+        while acked is not None:
+            finished, _ = await asyncio.wait({task}, timeout=send_timeout)
+            if finished:
+                break
+            now = _bytes_acked(sock)
+            if now == acked:
+                log.info("reset a connection whose client took none of a file for %gs", send_timeout)
+                # The send first (it waits on the socket, and an abort would leave it
+                # waiting), then the connection, its unsent bytes dropped.
+                await _stop(transport, task)
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                transport.abort()
+                raise ConnectionAbortedError("the client took none of the file")
+            acked = now
+        return await task
+    except BaseException:
+        await _stop(transport, task)
+        raise
+
+
+async def _stop(transport: asyncio.Transport, task: asyncio.Future[int]) -> None:
+    """Cancel a `loop.sendfile` under way and wait until it is over. One cancelled while it
+    waits for the transport's buffer to drain leaves that wait's future on the transport
+    (CPython 3.11), which the connection's end would then fail on, with a logged traceback:
+    it is cleared here."""
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    waiter = getattr(transport, "_empty_waiter", None)
+    if waiter is not None and waiter.done():
+        transport._reset_empty_waiter()  # type: ignore[attr-defined]
 
 
 def _bytes_acked(sock: Any) -> int | None:

@@ -3,6 +3,9 @@ sendfile, whole or in part, keep-alive goes on after them, a file not in memory 
 off the event loop, a client leaving mid-file costs the server nothing, and one that stops
 reading is cut off after `--send-timeout` (a slow one is not)."""
 
+import asyncio
+import contextlib
+import logging
 import os
 import socket
 import struct
@@ -214,3 +217,60 @@ def test_a_slow_reader_of_a_file_is_not_cut_off(serve, tmp_path):
     assert time.monotonic() - started > 2
     assert bytes(received.partition(b"\r\n\r\n")[2]) == data
     assert "reset a connection" not in server.output()
+
+
+async def _stalled_transport(loop):
+    """A server-side transport on loopback whose client, with a small window, reads nothing."""
+    made = loop.create_future()
+
+    class Quiet(asyncio.Protocol):
+        def connection_made(self, transport):
+            made.set_result(transport)
+
+    server = await loop.create_server(Quiet, "127.0.0.1", 0)
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    client.setblocking(False)
+    await loop.sock_connect(client, server.sockets[0].getsockname())
+    return server, client, await made
+
+
+def test_a_stalled_client_reset_while_the_file_waits_behind_other_bytes_logs_no_error(tmp_path, caplog):
+    path = tmp_path / "behind.bin"
+    path.write_bytes(os.urandom(4 * 1024 * 1024))
+
+    async def scenario(file):
+        loop = asyncio.get_running_loop()
+        server, client, transport = await _stalled_transport(loop)
+        transport.write(b"x" * (8 * 1024 * 1024))  # an earlier answer the client never read
+        await asyncio.sleep(0.1)
+        with pytest.raises(ConnectionAbortedError):
+            await zerocopy._sendfile(transport, file, 0, None, send_timeout=0.3)
+        await asyncio.sleep(0.1)  # the connection's end runs
+        client.close()
+        server.close()
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"), open(path, "rb") as file:
+        asyncio.run(scenario(file))
+    assert not [r for r in caplog.records if r.name == "asyncio"]
+
+
+def test_a_cancelled_file_send_stops_before_its_caller_goes_on(tmp_path):
+    path = tmp_path / "cancelled.bin"
+    path.write_bytes(os.urandom(16 * 1024 * 1024))
+
+    async def scenario(file):
+        loop = asyncio.get_running_loop()
+        server, client, transport = await _stalled_transport(loop)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):  # the caller gives up on a client that reads nothing
+                await zerocopy._sendfile(transport, file, 0, None, send_timeout=60)
+        # The send is over: the transport takes writes again (a send still under way would
+        # refuse them), so nothing goes on sending from the file's descriptor once it closes.
+        transport.write(b"after")
+        transport.abort()
+        client.close()
+        server.close()
+
+    with open(path, "rb") as file:
+        asyncio.run(scenario(file))
