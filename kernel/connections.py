@@ -118,12 +118,22 @@ async def _headers_too_large(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": _TOO_LARGE_BODY})
 
 
+def reset(transport: asyncio.Transport) -> None:
+    """Close `transport` at once with a TCP reset: what its buffer and its socket's own send
+    queue hold is dropped, where a close would go on trying to send it to a client that
+    takes nothing."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
 class _StallGuard:
     """Put before a uvicorn protocol class. While the server waits on its client, with the
     transport's write buffer full (writing paused) or with a connection closed but not yet
     drained, that buffer must shrink at least once every `send_timeout` seconds, or the
-    connection is aborted: its buffer and the socket's own send queue are dropped (a reset,
-    not a close that would go on trying to send). A slow client that keeps taking bytes is
+    connection is `reset`. A slow client that keeps taking bytes is
     never cut off. The wait is checked from when writing pauses, and every `send_timeout`
     seconds otherwise (a close is not seen when it happens), so a closing connection is cut
     within twice that: one timer per connection. Nothing is written while the server waits
@@ -175,11 +185,7 @@ class _StallGuard:
         if waiting and self._unsent is not None and unsent >= self._unsent:
             log.info("aborted a connection whose client took nothing for %gs (%d bytes unsent)",
                      self.send_timeout, unsent)
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            transport.abort()
+            reset(transport)
             return
         self._watch(unsent if waiting else None)
 

@@ -29,7 +29,6 @@ other server, or another uvicorn layout, serves the app unchanged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import math
@@ -208,11 +207,13 @@ async def _unless_stalled(transport: asyncio.Transport, sending: Awaitable[int],
             if now == acked:
                 log.info("reset a connection whose client took none of a file for %gs", send_timeout)
                 # The send first (it waits on the socket, and an abort would leave it
-                # waiting), then the connection, its unsent bytes dropped.
+                # waiting), then the connection.
                 await _stop(transport, task)
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                transport.abort()
+                # Imported here: `kernel.connections` brings in uvicorn, which `import kernel`
+                # does not otherwise need.
+                from kernel.connections import reset
+
+                reset(transport)
                 raise ConnectionAbortedError("the client took none of the file")
             acked = now
         return await task
