@@ -176,9 +176,7 @@ async def detect(request: Request) -> dict[str, Any]:
         results: list[FrameResult] = []
         for frame_id, upload in zip(ids, uploads):
             # Decoded, run and dropped one at a time: a small PNG can decode to 150 MB.
-            with svc.frame_memory.hold(await svc.decode(await upload.read())) as frame:
-                result = await options.run(frame_id, frame, zones)
-            del frame  # before the next frame is decoded
+            result = await options.run(frame_id, await svc.decode(await upload.read()), zones)
             results.append(result)
             if options.strategy in ("first", "first_new") and result.detections:
                 break
@@ -229,8 +227,7 @@ async def detect_urls(request: Request) -> dict[str, Any]:
                     log.warning("frame %s: fetch of %s failed: %s", frame_id, redact(url), exc)
                     failures[frame_id] = f"fetch failed: {exc}"
                     continue
-                with svc.frame_memory.hold(frame):
-                    result = await options.run(frame_id, frame, zones)
+                result = await options.run(frame_id, frame, zones)
                 del frame  # before the next frame is decoded
                 results.append(result)
                 if options.strategy in ("first", "first_new") and result.detections:
@@ -311,14 +308,16 @@ class _Options:
             raise kernel.NotFound("no detection models are served")
 
     async def run(self, frame_id: str, frame: Any, zones: list) -> FrameResult:
+        """Every model on `frame`, held against --detect-frame-memory meanwhile."""
         found = []
-        for served in self.models:
-            try:
-                found += await self.svc.run(served, frame, self.min_confidence)
-            except BadRequest:
-                # Among models chosen by default, one that is not a detector is skipped.
-                if self.named:
-                    raise
+        with self.svc.frame_memory.hold(frame):
+            for served in self.models:
+                try:
+                    found += await self.svc.run(served, frame, self.min_confidence)
+                except BadRequest:
+                    # Among models chosen by default, one that is not a detector is skipped.
+                    if self.named:
+                        raise
         kept, rejected = await self.svc.kernel.pool.offload(
             apply_filters, found, self.pattern, self.pattern_name, zones, self.budget)
         return FrameResult(frame_id, kept, rejected, (int(frame.shape[0]), int(frame.shape[1])))
