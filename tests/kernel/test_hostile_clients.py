@@ -22,12 +22,12 @@ import httpx
 import pytest
 
 from kernel import connections
+from tests.kernel.slow_clients import MIB, read_paced, read_until_closed, small_window
 
 pytestmark = pytest.mark.usefixtures("test_plugins")
 
 TIMEOUT = 0.5  # --header-timeout of these servers
 SEND_TIMEOUT = 1.0  # --send-timeout of `flooding`
-MIB = 1024 * 1024
 SOFT, HARD = 128, 256  # open-file limits of `limited`; its connections' cap is 256 - 256 // 4
 CAP = 192
 
@@ -55,18 +55,6 @@ def limited(serve, monkeypatch):
 
 def connect(server) -> socket.socket:
     return socket.create_connection(("127.0.0.1", server.port), timeout=5)
-
-
-def read_until_closed(sock: socket.socket) -> tuple[bytes, float]:
-    """What the server sends until it closes the connection, and the seconds that took (a
-    server that keeps it open past the socket's timeout fails the test)."""
-    started, data = time.monotonic(), b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except ConnectionResetError:  # closed with bytes of ours still unread
-        pass
-    return data, time.monotonic() - started
 
 
 def read_response(sock: socket.socket) -> bytes:
@@ -170,16 +158,6 @@ def test_a_header_that_never_ends_is_answered_431_once_past_64_kib(server):
     assert took < TIMEOUT
 
 
-def small_window(server) -> socket.socket:
-    """A connection whose receive buffer is small, so a client that reads nothing soon
-    fills it and the server's sends back up."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.settimeout(10)
-    sock.connect(("127.0.0.1", server.port))
-    return sock
-
-
 def test_a_client_that_stops_reading_a_response_is_cut_off(flooding):
     with small_window(flooding) as sock:
         sock.sendall(b"GET /flood?mb=64 HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -194,13 +172,8 @@ def test_a_slow_client_that_keeps_reading_is_not_cut_off(flooding):
     with small_window(flooding) as sock:
         # More than the sockets' buffers hold (a few MiB), so the server waits on this client.
         sock.sendall(b"GET /flood?mb=32 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data, started, paced = bytearray(), time.monotonic(), 0
-        while chunk := sock.recv(65536):
-            data += chunk
-            if len(data) >= paced + MIB:  # about 10 MiB/s: longer than the timeout, in all
-                paced = len(data)
-                time.sleep(0.1)
-    assert time.monotonic() - started > 2 * SEND_TIMEOUT
+        data, took = read_paced(sock)
+    assert took > 2 * SEND_TIMEOUT
     assert data.endswith(b"x" * 1000) and len(data.partition(b"\r\n\r\n")[2]) == 32 * MIB
     assert "aborted" not in flooding.output()
 

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from kernel import zerocopy
+from tests.kernel.slow_clients import MIB, read_paced, read_until_closed, small_window
 
 pytestmark = pytest.mark.usefixtures("test_plugins")
 
@@ -133,13 +134,18 @@ def test_a_slow_reader_gets_every_byte_across_windows(serve, tmp_path):
     assert "Traceback" not in server.output()
 
 
+def served_file(serve, tmp_path, size: int, *args: str) -> tuple:
+    """A server of a file of `size` random bytes (`kernel serve` given `args` too), and the bytes."""
+    data = os.urandom(size)
+    path = tmp_path / "served.bin"
+    path.write_bytes(data)
+    return serve("--plugins", "sendfile", *args, KERNEL_TEST_SENDFILE=str(path)), data
+
+
 @pytest.fixture
 def large(serve, tmp_path):
     """A server of a file of more than one window, and the file's bytes."""
-    data = os.urandom(zerocopy.WINDOW + 2_000_000)
-    path = tmp_path / "large.bin"
-    path.write_bytes(data)
-    return serve("--plugins", "sendfile", KERNEL_TEST_SENDFILE=str(path)), data
+    return served_file(serve, tmp_path, zerocopy.WINDOW + 2_000_000)
 
 
 def read_all(sock: socket.socket, limit: int) -> bytes:
@@ -175,47 +181,24 @@ def test_a_request_sent_during_a_download_is_answered_after_the_file(large):
 
 
 def test_a_client_that_stops_reading_a_file_is_cut_off(serve, tmp_path):
-    data = os.urandom(64 * 1024 * 1024)
-    path = tmp_path / "stalled.bin"
-    path.write_bytes(data)
-    server = serve("--plugins", "sendfile", "--send-timeout", "1", KERNEL_TEST_SENDFILE=str(path))
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
-        sock.settimeout(10)
-        sock.connect(("127.0.0.1", server.port))
+    server, data = served_file(serve, tmp_path, 64 * MIB, "--send-timeout", "1")
+    with small_window(server, rcvbuf=8192) as sock:
         sock.sendall(b"GET /sendfile HTTP/1.1\r\nHost: x\r\n\r\n")
         time.sleep(3)  # reading nothing
-        received, started = 0, time.monotonic()
-        try:
-            while chunk := sock.recv(1 << 20):  # bounded: the server resets, or the timeout ends it
-                received += len(chunk)
-        except ConnectionResetError:
-            pass
-    assert received < len(data) and time.monotonic() - started < 5
+        received, took = read_until_closed(sock)
+    assert len(received) < len(data) and took < 5
     assert "reset a connection whose client took none of a file for 1s" in server.output()
     assert "Traceback" not in server.output()
-    # A slow reader that keeps taking bytes is not: see test_a_slow_reader_gets_every_byte_across_windows.
     assert httpx.get(server.url + "/sendfile?count=1000").content == data[:1000]  # and the server serves on
 
 
 def test_a_slow_reader_of_a_file_is_not_cut_off(serve, tmp_path):
-    data = os.urandom(24 * 1024 * 1024)
-    path = tmp_path / "slowly.bin"
-    path.write_bytes(data)
-    server = serve("--plugins", "sendfile", "--send-timeout", "1", KERNEL_TEST_SENDFILE=str(path))
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
-        sock.settimeout(10)
-        sock.connect(("127.0.0.1", server.port))
+    server, data = served_file(serve, tmp_path, 24 * MIB, "--send-timeout", "1")
+    with small_window(server, rcvbuf=8192) as sock:
         sock.sendall(b"GET /sendfile HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        received, started, paced = bytearray(), time.monotonic(), 0
-        while chunk := sock.recv(1 << 20):  # bounded: the server closes after the file
-            received += chunk
-            if len(received) >= paced + 1024 * 1024:  # about 10 MiB/s: seconds in all
-                paced = len(received)
-                time.sleep(0.1)
-    assert time.monotonic() - started > 2
-    assert bytes(received.partition(b"\r\n\r\n")[2]) == data
+        received, took = read_paced(sock)
+    assert took > 2
+    assert received.partition(b"\r\n\r\n")[2] == data
     assert "reset a connection" not in server.output()
 
 
